@@ -1,0 +1,1 @@
+"""sam-plugins: Segment Anything from scratch, for napari, FiftyOne and Python."""

@@ -1,0 +1,1 @@
+"""Model configurations, checkpoint loading, downloads and the model-provider plugin hooks."""

@@ -1,0 +1,135 @@
+"""Which SAM networks exist: their hyper-parameters and how to build them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+
+import torch
+from torch import nn
+
+from ..modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+
+@dataclass(frozen=True)
+class SamConfig:
+    """Hyper-parameters of one SAM network. The official three differ only in the encoder."""
+
+    encoder_embed_dim: int
+    encoder_depth: int
+    encoder_num_heads: int
+    encoder_global_attn_indexes: tuple[int, ...]
+    image_size: int = 1024
+    patch_size: int = 16
+    window_size: int = 14
+    mlp_ratio: float = 4.0
+    prompt_embed_dim: int = 256
+    mask_in_chans: int = 16
+    decoder_depth: int = 2
+    decoder_num_heads: int = 8
+    decoder_mlp_dim: int = 2048
+    iou_head_depth: int = 3
+    iou_head_hidden_dim: int = 256
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def embedding_size(self) -> int:
+        """Side of the (square) image embedding grid."""
+        return self.image_size // self.patch_size
+
+    def to_dict(self) -> dict:
+        """Plain-Python form, safe to store inside a checkpoint (loads with weights_only=True)."""
+        d = asdict(self)
+        d.pop("extra")
+        d["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
+        d["pixel_mean"] = list(self.pixel_mean)
+        d["pixel_std"] = list(self.pixel_std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SamConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "extra"}
+        for key in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+    def replace(self, **changes) -> SamConfig:
+        return replace(self, **changes)
+
+
+VIT_B = SamConfig(768, 12, 12, (2, 5, 8, 11))
+VIT_L = SamConfig(1024, 24, 16, (5, 11, 17, 23))
+VIT_H = SamConfig(1280, 32, 16, (7, 15, 23, 31))
+
+# Small configurations: the same architecture, smaller. TINY keeps unit tests fast; it has
+# several windows and a padded window at its input size, so every code path runs.
+TINY = SamConfig(
+    encoder_embed_dim=64,
+    encoder_depth=2,
+    encoder_num_heads=2,
+    encoder_global_attn_indexes=(1,),
+    image_size=256,
+    window_size=6,
+    prompt_embed_dim=64,
+    decoder_num_heads=4,
+    decoder_mlp_dim=128,
+    iou_head_hidden_dim=64,
+)
+
+OFFICIAL_CONFIGS: dict[str, SamConfig] = {"vit_h": VIT_H, "vit_l": VIT_L, "vit_b": VIT_B}
+SMALL_CONFIGS: dict[str, SamConfig] = {"tiny": TINY}
+
+
+def build_sam(config: SamConfig) -> Sam:
+    """Build an untrained SAM network (in eval mode) from a configuration."""
+    emb = config.embedding_size
+    image_encoder = ImageEncoderViT(
+        img_size=config.image_size,
+        patch_size=config.patch_size,
+        embed_dim=config.encoder_embed_dim,
+        depth=config.encoder_depth,
+        num_heads=config.encoder_num_heads,
+        mlp_ratio=config.mlp_ratio,
+        out_chans=config.prompt_embed_dim,
+        qkv_bias=True,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        use_rel_pos=True,
+        rel_pos_zero_init=True,
+        window_size=config.window_size,
+        global_attn_indexes=tuple(config.encoder_global_attn_indexes),
+    )
+    prompt_encoder = PromptEncoder(
+        embed_dim=config.prompt_embed_dim,
+        image_embedding_size=(emb, emb),
+        input_image_size=(config.image_size, config.image_size),
+        mask_in_chans=config.mask_in_chans,
+    )
+    mask_decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(
+            depth=config.decoder_depth,
+            embedding_dim=config.prompt_embed_dim,
+            mlp_dim=config.decoder_mlp_dim,
+            num_heads=config.decoder_num_heads,
+        ),
+        transformer_dim=config.prompt_embed_dim,
+        iou_head_depth=config.iou_head_depth,
+        iou_head_hidden_dim=config.iou_head_hidden_dim,
+    )
+    sam = Sam(
+        image_encoder=image_encoder,
+        prompt_encoder=prompt_encoder,
+        mask_decoder=mask_decoder,
+        pixel_mean=config.pixel_mean,
+        pixel_std=config.pixel_std,
+    )
+    sam.config = config
+    sam.eval()
+    return sam
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,93 @@
+"""Shared fixtures: the official reference model and ours with the same random weights."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
+os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="sam-plugins-fo-db-"))
+
+from reference import import_segment_anything  # noqa: E402
+
+from sam_plugins.models.configs import TINY, SamConfig, build_sam  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def build_official(config: SamConfig):
+    """Build the official SAM with the given hyper-parameters (random weights, eval mode)."""
+    sa = import_segment_anything()
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    emb = config.embedding_size
+    model = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=config.encoder_depth,
+            embed_dim=config.encoder_embed_dim,
+            img_size=config.image_size,
+            mlp_ratio=config.mlp_ratio,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=config.encoder_num_heads,
+            patch_size=config.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(config.encoder_global_attn_indexes),
+            window_size=config.window_size,
+            out_chans=config.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=config.prompt_embed_dim,
+            image_embedding_size=(emb, emb),
+            input_image_size=(config.image_size, config.image_size),
+            mask_in_chans=config.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=config.decoder_depth,
+                embedding_dim=config.prompt_embed_dim,
+                mlp_dim=config.decoder_mlp_dim,
+                num_heads=config.decoder_num_heads,
+            ),
+            transformer_dim=config.prompt_embed_dim,
+            iou_head_depth=config.iou_head_depth,
+            iou_head_hidden_dim=config.iou_head_hidden_dim,
+        ),
+    )
+    del sa
+    return model.eval()
+
+
+def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every parameter non-trivial random values (the official init zeros some of them)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("weight") and "norm" in name or ".neck.1." in name or ".neck.3." in name:
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+            else:
+                fan_in = p.shape[-1] if p.ndim > 1 else 16
+                p.copy_(torch.randn(p.shape, generator=gen) / fan_in**0.5)
+    return model
+
+
+def make_pair(config: SamConfig, seed: int = 0):
+    """(official, ours) built from `config`, with the same random weights loaded strictly."""
+    official = randomize_(build_official(config), seed)
+    ours = build_sam(config)
+    ours.load_state_dict(official.state_dict(), strict=True)
+    return official, ours
+
+
+@pytest.fixture(scope="session")
+def tiny_pair():
+    return make_pair(TINY)
