@@ -1,0 +1,1 @@
+"""CLI commands owned by the core package."""
