@@ -74,7 +74,7 @@ TINY = SamConfig(
     image_size=256,
     window_size=6,
     prompt_embed_dim=64,
-    decoder_num_heads=4,
+    decoder_num_heads=8,
     decoder_mlp_dim=128,
     iou_head_hidden_dim=64,
 )

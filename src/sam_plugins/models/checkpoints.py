@@ -1,0 +1,199 @@
+"""Read SAM checkpoints safely, recognise their architecture, and load them strictly."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..modeling import Sam
+from .configs import OFFICIAL_CONFIGS, SMALL_CONFIGS, SamConfig, build_sam
+
+# Prefixes that fine-tuning tools put in front of the official key names.
+_KNOWN_PREFIXES = ("module.", "sam.", "model.", "_orig_mod.")
+_REQUIRED_KEYS = (
+    "image_encoder.patch_embed.proj.weight",
+    "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+    "mask_decoder.iou_token.weight",
+)
+
+
+def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file (used to verify downloads and to record provenance)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], SamConfig | None]:
+    """Read a checkpoint file and return (state_dict with official key names, stored config or None).
+
+    Accepts a plain state_dict (the official files), `{"model": state_dict, "config": {...}}`
+    (what this package writes), `{"state_dict": ...}`, and keys prefixed with `sam.`/`module.`.
+    Only tensors and plain containers are read (`weights_only=True`): no code is ever unpickled.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"Checkpoint not found: {path}. Check the path, or pass a registered model name.")
+    if path.is_dir():
+        raise ValueError(f"Expected a checkpoint file but {path} is a directory.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"Refusing to load {path}: it contains Python objects other than tensors, which could run code "
+            f"when unpickled. Save only the state_dict (torch.save(model.state_dict(), path)). Details: {err}"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise ValueError(
+            f"Cannot read {path} as a PyTorch checkpoint: the file is truncated or corrupt, or not a "
+            f"checkpoint at all ({type(err).__name__}: {err}). Download it again and compare its sha256."
+        ) from err
+    return _unwrap(obj, path)
+
+
+def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], SamConfig | None]:
+    config = None
+    if isinstance(obj, Mapping) and not _looks_like_state_dict(obj):
+        if isinstance(obj.get("config"), Mapping):
+            try:
+                config = SamConfig.from_dict(dict(obj["config"]))
+            except TypeError as err:
+                raise ValueError(f"{path}: the stored 'config' is not a SAM configuration ({err}).") from err
+        for key in ("model", "state_dict", "model_state_dict", "module"):
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError(f"{path} does not contain a SAM state_dict (found {type(obj).__name__}).")
+    state = {_strip_prefix(str(k)): v for k, v in obj.items()}
+    non_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if non_tensors:
+        raise ValueError(f"{path}: entries {non_tensors[:3]} are not tensors; this is not a SAM state_dict.")
+    missing = [k for k in _REQUIRED_KEYS if k not in state]
+    if missing:
+        sample = ", ".join(list(state)[:3])
+        raise ValueError(
+            f"{path} is not a Segment Anything checkpoint: keys {missing} are missing "
+            f"(it has e.g. {sample}). Expected the official SAM key layout (image_encoder.*, "
+            "prompt_encoder.*, mask_decoder.*)."
+        )
+    return state, config
+
+
+def _looks_like_state_dict(obj: Mapping) -> bool:
+    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _strip_prefix(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _KNOWN_PREFIXES:
+            if key.startswith(prefix) and not key.startswith(("image_encoder", "prompt_encoder", "mask_decoder")):
+                key = key[len(prefix) :]
+                changed = True
+    return key
+
+
+def infer_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
+    """Recover the architecture from tensor shapes.
+
+    Head counts are not visible in shapes: the encoder's follows from rel-pos width (head dim),
+    and the decoder is assumed to use 8 heads, as every official model does.
+    """
+    try:
+        embed_dim, _, patch, _ = state["image_encoder.patch_embed.proj.weight"].shape
+        grid = state["image_encoder.pos_embed"].shape[1]
+        depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("image_encoder.blocks."))
+        rel = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape for i in range(depth)]
+        head_dim = rel[0][1]
+        global_idx = tuple(i for i in range(depth) if rel[i][0] == 2 * grid - 1)
+        windowed = [r[0] for i, r in enumerate(rel) if i not in global_idx]
+        window = (windowed[0] + 1) // 2 if windowed else 14
+        prompt_dim = state["mask_decoder.iou_token.weight"].shape[1]
+        dec_depth = 1 + max(
+            int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers.")
+        )
+        iou_layers = [k for k in state if k.startswith("mask_decoder.iou_prediction_head.layers.") and "weight" in k]
+    except (KeyError, IndexError, ValueError) as err:
+        raise ValueError(f"Cannot recognise the SAM architecture of this checkpoint: missing or odd {err}.") from err
+    return SamConfig(
+        encoder_embed_dim=int(embed_dim),
+        encoder_depth=depth,
+        encoder_num_heads=int(embed_dim) // int(head_dim),
+        encoder_global_attn_indexes=global_idx,
+        image_size=int(grid) * int(patch),
+        patch_size=int(patch),
+        window_size=int(window),
+        prompt_embed_dim=int(prompt_dim),
+        mlp_ratio=state["image_encoder.blocks.0.mlp.lin1.weight"].shape[0] / int(embed_dim),
+        mask_in_chans=int(state["prompt_encoder.mask_downscaling.3.weight"].shape[0]),
+        decoder_depth=dec_depth,
+        decoder_num_heads=8,
+        decoder_mlp_dim=int(state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]),
+        iou_head_depth=len(iou_layers),
+        iou_head_hidden_dim=int(state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]),
+    )
+
+
+def config_name(config: SamConfig) -> str | None:
+    """Name of a known configuration equal to `config`, if any."""
+    for name, known in {**OFFICIAL_CONFIGS, **SMALL_CONFIGS}.items():
+        if known == config:
+            return name
+    return None
+
+
+def load_state_dict_strict(model: Sam, state: Mapping[str, torch.Tensor], source: str) -> Sam:
+    """Load weights with strict key and shape checks, with an error that says what differs."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong_shape:
+        parts = []
+        if wrong_shape:
+            parts.append(f"{len(wrong_shape)} tensors have other shapes (e.g. {wrong_shape[0]})")
+        if missing:
+            parts.append(f"{len(missing)} tensors are missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} tensors are not part of the model (e.g. {unexpected[0]})")
+        raise ValueError(f"{source} does not fit this model architecture: " + "; ".join(parts) + ".")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_checkpoint(
+    path: str | Path, expected: SamConfig | None = None, expected_name: str | None = None
+) -> Sam:
+    """Build the model a checkpoint describes and load it.
+
+    If `expected` is given (e.g. `sam_model_registry["vit_b"]`), a checkpoint of another
+    architecture is refused with an error naming both.
+    """
+    state, stored = read_checkpoint(path)
+    found = stored or infer_config(state)
+    if expected is not None and found != expected:
+        found_name = config_name(found)
+        hint = (
+            f"sam_model_registry['{found_name}']" if found_name else "sam_plugins.load_model(path)"
+        )
+        raise ValueError(
+            f"{path} holds {found_name or 'another SAM architecture'} (encoder "
+            f"{found.encoder_embed_dim}-dim, depth {found.encoder_depth}, input {found.image_size} px), "
+            f"but {expected_name or 'another model'} was asked for. Use {hint}, "
+            "or sam_plugins.load_model(path), which detects the architecture."
+        )
+    model = build_sam(found)
+    return load_state_dict_strict(model, state, str(path))
