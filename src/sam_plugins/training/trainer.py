@@ -1,0 +1,489 @@
+"""SAM training loop: simulated interactive prompting, AdamW with warm-up + cosine decay, checkpoints.
+
+One step: the encoder embeds `images_per_step` images once; each image's objects share its
+embedding; `rounds` prompt rounds re-run only the prompt encoder and mask decoder (first round a
+point, a noisy box or a rough mask; later rounds add a corrective click from the previous error
+and feed the previous logits back). The loss is computed at the decoder's output resolution.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..models.configs import OFFICIAL_CONFIGS, SMALL_CONFIGS, SamConfig, build_sam
+from .data import AugmentConfig, TrainExample, as_pair, make_example
+from .losses import sam_loss
+from .prompts import jitter_boxes, mask_prompt_from_gt, sample_correction_points, sample_positive_points
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; loadable from a TOML or JSON file."""
+
+    name: str = "run"
+    out_dir: str = "runs"
+    # model: a base configuration name (tiny, vit_b, ...) changed by `model_config`, built with
+    # random weights; or, with `init_checkpoint`, weights to start from (name or file for load_model).
+    model: str = "tiny"
+    model_config: dict = field(default_factory=dict)
+    init_checkpoint: str | None = None
+    init: str = "vit"  # from-scratch initialisation: "vit" (truncated normal, sin-cos positions) or "torch"
+    # data: "synthetic" (sam_plugins.training.synthetic) or "folder" (images_dir + labels_dir)
+    data: str = "synthetic"
+    synthetic: dict = field(default_factory=dict)
+    train_pool: int = 0  # > 0: draw training images from this many fixed generated ones
+    images_dir: str | None = None
+    labels_dir: str | None = None
+    val_fraction: float = 0.1
+    channel: int | None = None
+    # samples and prompts
+    crop_size: int | None = None
+    images_per_step: int = 2
+    objects_per_image: int = 8
+    min_area: int = 16
+    rounds: int = 3
+    no_point_round_prob: float = 0.15
+    box_prob: float = 0.4
+    mask_prompt_prob: float = 0.05
+    augment: dict = field(default_factory=dict)
+    # optimisation
+    steps: int = 2000
+    epoch_steps: int = 250
+    lr: float = 4e-4
+    encoder_lr_scale: float = 1.0
+    freeze_encoder: bool = False
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 1.0
+    focal_weight: float = 20.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+    focal_alpha: float = -1.0
+    focal_gamma: float = 2.0
+    # bookkeeping
+    seed: int = 0
+    threads: int = 2
+    checkpoint_every: int = 250
+    log_every: int = 10
+    val_images: int = 12
+    val_objects: int = 8
+    progress: bool = True
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        """Read a .toml or .json file; unknown keys are an error (typos must not pass silently)."""
+        path = Path(path)
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(path.read_text())
+        elif path.suffix.lower() == ".json":
+            data = json.loads(path.read_text())
+        else:
+            raise ValueError(f"config file must be .toml or .json, got {path.name}")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+    def sam_config(self) -> SamConfig:
+        bases = {**OFFICIAL_CONFIGS, **SMALL_CONFIGS}
+        if self.model not in bases:
+            raise ValueError(f"unknown base model {self.model!r}; choose from {', '.join(bases)}")
+        return SamConfig.from_dict({**bases[self.model].to_dict(), **self.model_config})
+
+
+def build_model(config: TrainConfig) -> torch.nn.Module:
+    """The network to train: a checkpoint to fine-tune, or a fresh, initialised one."""
+    if config.init_checkpoint:
+        from ..models.registry import load_model
+
+        model = load_model(config.init_checkpoint, device="cpu", progress=config.progress)
+        if config.model_config:
+            raise ValueError("model_config cannot change the architecture of init_checkpoint")
+    else:
+        model = build_sam(config.sam_config())
+        init_weights(model, torch.Generator().manual_seed(config.seed), scheme=config.init)
+    return model
+
+
+# --- data sources --------------------------------------------------------------------------
+
+
+class _GeneratedSource(Sequence):
+    """Synthetic images from `generate_sample`, one independent stream per index."""
+
+    def __init__(self, seed: int, stream: int, size: int, kwargs: dict, cache: bool) -> None:
+        from .synthetic import SyntheticConfig, generate_sample
+
+        self._gen = generate_sample
+        self._cfg = SyntheticConfig(**kwargs) if kwargs else None
+        self.seed, self.stream, self.size, self.cache = seed, stream, size, cache
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if index in self._cache:
+            return self._cache[index]
+        rng = np.random.default_rng([self.seed, self.stream, index])
+        pair = as_pair(self._gen(rng, self._cfg))
+        if self.cache:
+            self._cache[index] = pair
+        return pair
+
+
+def make_sources(config: TrainConfig) -> tuple[Sequence, Sequence]:
+    """(train, validation) sources of (image, labels) pairs for a config."""
+    if config.data == "synthetic":
+        pool = config.train_pool if config.train_pool > 0 else 2**31 - 1
+        train = _GeneratedSource(config.seed, 1, pool, config.synthetic, cache=config.train_pool > 0)
+        val = _GeneratedSource(config.seed, 2, config.val_images, config.synthetic, cache=True)
+        return train, val
+    if config.data == "folder":
+        from .data import FolderDataset, warn_small_dataset
+
+        if not config.images_dir or not config.labels_dir:
+            raise ValueError("data = 'folder' needs images_dir and labels_dir")
+        full = FolderDataset(config.images_dir, config.labels_dir)
+        return split_dataset(full, config.val_fraction, config.seed, warn_small_dataset)
+    raise ValueError(f"unknown data source {config.data!r} (synthetic or folder)")
+
+
+def split_dataset(
+    full: Sequence, val_fraction: float, seed: int, warn: Callable[[int], None] | None = None
+) -> tuple[Sequence, Sequence]:
+    """Split into train/val index subsets (at least one validation item when len > 1)."""
+    order = np.random.default_rng(seed).permutation(len(full))
+    n_val = min(max(1, round(val_fraction * len(full))), len(full) - 1) if len(full) > 1 else 0
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if warn is not None:
+        warn(len(train_idx))
+    train = [full[int(i)] for i in train_idx]
+    val = [full[int(i)] for i in val_idx] or train[:1]
+    return train, val
+
+
+def draw_examples(
+    source: Sequence, rng: np.random.Generator, n: int, config: TrainConfig, image_size: int, augment: bool
+) -> list[TrainExample]:
+    """`n` prepared examples with at least one object each (a few retries per empty crop)."""
+    aug = AugmentConfig(**config.augment) if augment else None
+    out: list[TrainExample] = []
+    for _ in range(50 * n):
+        if len(out) == n:
+            break
+        image, labels = as_pair(source[int(rng.integers(len(source)))])
+        ex = make_example(image, labels, rng, image_size=image_size, crop_size=config.crop_size,
+                          max_objects=config.objects_per_image, min_area=config.min_area, augment=aug,
+                          channel=config.channel)
+        if ex is not None:
+            out.append(ex)
+    if len(out) < n:
+        raise ValueError("could not draw training crops with objects; check the labels and min_area")
+    return out
+
+
+# --- one optimisation step -------------------------------------------------------------------
+
+
+def _stack_points(
+    coords: torch.Tensor | None, labels: torch.Tensor | None, new_c: np.ndarray, new_l: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    c = torch.from_numpy(new_c)[:, None]
+    lab = torch.from_numpy(new_l)[:, None]
+    if coords is None:
+        return c, lab
+    return torch.cat([coords, c], 1), torch.cat([labels, lab], 1)
+
+
+def interactive_loss(
+    model: torch.nn.Module,
+    examples: list[TrainExample],
+    rng: np.random.Generator,
+    config: TrainConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss of one step of simulated interactive segmentation over all objects of `examples`."""
+    images = torch.stack([e.image for e in examples])
+    embeddings = model.image_encoder(model.preprocess(images))
+    counts = [len(e.masks) for e in examples]
+    index = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts))
+    embeddings = embeddings[index]
+    gt = np.concatenate([e.masks for e in examples])  # (N, S, S) bool
+    low = model.prompt_encoder.mask_input_size
+    factor = gt.shape[-1] // low[-1]
+    gt_low = F.avg_pool2d(torch.from_numpy(gt).float()[:, None], factor)  # soft targets (N, 1, h, w)
+    image_pe = model.prompt_encoder.get_dense_pe()
+
+    u = rng.random()
+    mode = "point"
+    if u < config.box_prob:
+        mode = "box"
+    elif u < config.box_prob + config.mask_prompt_prob:
+        mode = "mask"
+    coords = labels = boxes = mask_in = None
+    if mode == "point":
+        first = sample_positive_points(gt, rng)
+        coords, labels = _stack_points(None, None, first, np.ones(len(gt), np.int64))
+    elif mode == "box":
+        boxes = torch.from_numpy(jitter_boxes(gt, rng))
+    else:
+        mask_in = torch.from_numpy(mask_prompt_from_gt(gt_low[:, 0].numpy() > 0.5, rng))
+
+    total = torch.zeros(())
+    stats = {"focal": 0.0, "dice": 0.0, "iou_mse": 0.0, "iou_first": 0.0, "iou_last": 0.0}
+    for r in range(config.rounds):
+        multimask = mode == "point" and r == 0
+        points = (coords.float(), labels) if coords is not None else None
+        sparse, dense = model.prompt_encoder(points, boxes, mask_in)
+        logits, iou_pred = model.mask_decoder.predict_masks(embeddings, image_pe, sparse, dense)
+        sel = slice(1, None) if multimask else slice(0, 1)
+        out = sam_loss(logits[:, sel], iou_pred[:, sel], gt_low, focal_weight=config.focal_weight,
+                       dice_weight=config.dice_weight, iou_weight=config.iou_weight,
+                       focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma)
+        total = total + out.loss
+        stats["focal"] += float(out.focal) / config.rounds
+        stats["dice"] += float(out.dice) / config.rounds
+        stats["iou_mse"] += float(out.iou_mse) / config.rounds
+        stats["iou_first" if r == 0 else "iou_last"] = float(out.iou.mean())
+        if r == config.rounds - 1:
+            break
+        pick = out.best[:, None, None, None].expand(-1, 1, *logits.shape[-2:])
+        chosen = logits[:, sel].detach().gather(1, pick)
+        mask_in = chosen
+        if rng.random() < config.no_point_round_prob:
+            continue  # a round with only the previous mask fed back, no new click
+        new_c, new_l = sample_correction_points(chosen[:, 0].numpy() > 0, gt, rng)
+        coords, labels = _stack_points(coords, labels, new_c, new_l)
+    if config.rounds == 1:
+        stats["iou_last"] = stats["iou_first"]
+    stats["mode"] = mode  # type: ignore[assignment]
+    return total / config.rounds, stats
+
+
+# --- initialisation and validation ---------------------------------------------------------------
+
+
+def _sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """(1, grid, grid, dim) 2-D sine-cosine position table (MAE), half the channels per axis."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    pos = torch.arange(grid, dtype=torch.float64)
+    ang = pos[:, None] * omega[None]  # (grid, quarter)
+    table = torch.zeros(grid, grid, dim, dtype=torch.float64)
+    ys = torch.cat([ang.sin(), ang.cos()], 1)[:, None, :].expand(grid, grid, 2 * quarter)
+    xs = torch.cat([ang.sin(), ang.cos()], 1)[None, :, :].expand(grid, grid, 2 * quarter)
+    table[..., : 2 * quarter] = ys
+    table[..., 2 * quarter : 4 * quarter] = xs
+    return table[None].float()
+
+
+@torch.no_grad()
+def init_weights(model: torch.nn.Module, generator: torch.Generator, scheme: str = "vit") -> None:
+    """From-scratch initialisation. "vit": linear layers truncated normal (std 0.02), zero biases,
+    unit norms, a 2-D sin-cos absolute position table; "torch": PyTorch defaults, zero positions."""
+    if scheme == "torch":
+        return
+    if scheme != "vit":
+        raise ValueError(f"unknown init scheme {scheme!r} (vit or torch)")
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04, generator=generator)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, torch.nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+    enc = model.image_encoder
+    if enc.pos_embed is not None:
+        enc.pos_embed.copy_(_sincos_2d(enc.pos_embed.shape[1], enc.pos_embed.shape[-1]))
+    w = enc.patch_embed.proj.weight
+    torch.nn.init.xavier_uniform_(w.view(w.shape[0], -1), generator=generator)
+
+
+def _decode(
+    model: torch.nn.Module, emb: torch.Tensor, points: Any, boxes: Any, masks: Any, multimask: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-res logits of the mask with the highest predicted IoU, and the full-size binary mask."""
+    sparse, dense = model.prompt_encoder(points, boxes, masks)
+    low, iou = model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sparse, dense,
+                                  multimask_output=multimask)
+    low = low[torch.arange(len(low)), iou.argmax(1)][:, None]
+    size = model.image_encoder.img_size
+    full = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[:, 0]
+    return low, full > 0
+
+
+def _iou_list(pred: torch.Tensor, gt: torch.Tensor) -> list[float]:
+    inter = (pred & gt).sum((1, 2)).float()
+    union = (pred | gt).sum((1, 2)).float().clamp(min=1)
+    return (inter / union).tolist()
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, examples: list[TrainExample], rng: np.random.Generator, clicks: int = 3
+) -> dict[str, float]:
+    """Mean IoU at full input resolution: one positive click (mask with the highest predicted IoU),
+    an exact box, and `clicks` clicks (each new click from the error of the previous mask)."""
+    model.eval()
+    res: dict[str, list[float]] = {"point_miou": [], "box_miou": [], f"click{clicks}_miou": []}
+    for ex in examples:
+        emb = model.image_encoder(model.preprocess(ex.image[None]))
+        gt = ex.masks
+        gt_t = torch.from_numpy(gt)
+        coords = torch.from_numpy(sample_positive_points(gt, rng))[:, None]
+        labels = torch.ones(len(gt), 1, dtype=torch.int64)
+        low, pred = _decode(model, emb, (coords, labels), None, None, True)
+        res["point_miou"] += _iou_list(pred, gt_t)
+        boxes = torch.from_numpy(np.stack([jitter_boxes(m[None], rng, noise=0.0)[0] for m in gt]))
+        res["box_miou"] += _iou_list(_decode(model, emb, None, boxes, None, False)[1], gt_t)
+        for _ in range(clicks - 1):
+            c, lab = sample_correction_points(pred.numpy(), gt, rng)
+            coords, labels = _stack_points(coords, labels, c, lab)
+            low, pred = _decode(model, emb, (coords, labels), None, low, False)
+        res[f"click{clicks}_miou"] += _iou_list(pred, gt_t)
+    return {k: float(np.mean(v)) for k, v in res.items()}
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to 1, then cosine decay to min_lr_ratio at the last step."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; no weight decay on biases, norms, embeddings and position tables."""
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        is_encoder = name.startswith("image_encoder.")
+        if is_encoder and config.freeze_encoder:
+            p.requires_grad_(False)
+            continue
+        no_decay = p.ndim < 2 or any(k in name for k in ("pos_embed", "rel_pos", "token", "embed"))
+        groups.setdefault((is_encoder, no_decay), []).append(p)
+    param_groups = [
+        {"params": ps, "weight_decay": 0.0 if nd else config.weight_decay,
+         "lr_scale": config.encoder_lr_scale if enc else 1.0}
+        for (enc, nd), ps in groups.items()
+    ]
+    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(0.9, 0.999))
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """The deliverable format: {"model": state_dict, "config": SamConfig dict, "meta": plain data}."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"model": model.state_dict(), "config": model.config.to_dict(), "meta": meta}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Train (or resume) a run in `config.run_dir`; returns the path of the final `model.pt`."""
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path, log_path = run_dir / "resume.pt", run_dir / "log.jsonl"
+    model = build_model(config)
+    image_size = model.image_encoder.img_size
+    optimizer = make_optimizer(model, config)
+    start = 0
+    if resume:
+        if not state_path.exists():
+            raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start = int(state["step"])
+        log(f"resuming {run_dir} at step {start}")
+    elif log_path.exists():
+        log_path.unlink()
+    (run_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    train_src, val_src = make_sources(config)
+    val_config = replace(config, objects_per_image=config.val_objects)
+    val_examples = draw_examples(val_src, np.random.default_rng([config.seed, 3]), len(val_src) or 1,
+                                 val_config, image_size, augment=False)
+
+    def checkpoint(step: int, final: bool = False, val: dict | None = None) -> Path:
+        meta = {"step": step, "train_config": config.to_dict(), "val": val or {}, "time": time.time()}
+        resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        torch.save(resume_state, state_path)
+        return save_checkpoint(run_dir / ("model.pt" if final else "latest.pt"), model, meta)
+
+    bar = None
+    if config.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, desc=config.name, dynamic_ncols=True)
+    model.train()
+    window: list[dict[str, Any]] = []
+    t_last, val = time.perf_counter(), {}
+    with log_path.open("a") as logf:
+        for step in range(start, config.steps):
+            rng = np.random.default_rng([config.seed, 0, step])
+            scale = lr_factor(step, config)
+            for g in optimizer.param_groups:
+                g["lr"] = config.lr * scale * g.get("lr_scale", 1.0)
+            examples = draw_examples(train_src, rng, config.images_per_step, config, image_size, augment=True)
+            loss, stats = interactive_loss(model, examples, rng, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            window.append({**stats, "loss": float(loss), "grad_norm": float(grad_norm)})
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}", iou=f"{stats['iou_last']:.2f}")
+            done = step + 1
+            if done % config.log_every == 0 or done == config.steps:
+                now = time.perf_counter()
+                rec = {k: float(np.mean([w[k] for w in window])) for k in window[0] if k != "mode"}
+                rec.update(step=done, lr=config.lr * scale, sec_per_step=(now - t_last) / len(window))
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                window, t_last = [], now
+            if done % config.epoch_steps == 0 or done == config.steps:
+                val = evaluate(model, val_examples, np.random.default_rng([config.seed, 4]))
+                model.train()
+                logf.write(json.dumps({"step": done, **{f"val_{k}": v for k, v in val.items()}}) + "\n")
+                logf.flush()
+                log(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
+                t_last = time.perf_counter()
+            if done % config.checkpoint_every == 0 and done < config.steps:
+                checkpoint(done, val=val)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return checkpoint(config.steps, final=True, val=val)
