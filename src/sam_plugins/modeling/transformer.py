@@ -14,7 +14,10 @@ class TwoWayTransformer(nn.Module):
     """Stack of two-way attention blocks followed by a final token-to-image attention.
 
     The image side may have batch size 1 while the prompt side has batch size B: it is then
-    broadcast, never copied, until the first block makes it prompt-specific.
+    broadcast, never copied, until the first block makes it prompt-specific. In that case the
+    prompt-independent projections of the first block (token-to-image keys and values, image-to-token
+    queries) are also cached across calls (inference only), so that repeated prompts on the same
+    image embedding skip them; the cached values are the ones that would be computed, bit for bit.
     """
 
     def __init__(
@@ -46,6 +49,49 @@ class TwoWayTransformer(nn.Module):
             embedding_dim, num_heads, downsample_rate=attention_downsample_rate
         )
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
+        self._layer0_cache: tuple | None = None
+
+    def _layer0_projections(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, image_pe_input: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Prompt-independent projections of block 0, cached while the image side is unchanged."""
+        if (
+            not self.layers
+            or not self.layers[0].skip_first_layer_pe
+            or image_embedding.shape[0] != 1
+            or image_pe.shape[0] != 1
+            or torch.is_grad_enabled()
+        ):
+            return None
+        block = self.layers[0]
+        modules = (block.cross_attn_token_to_image, block.cross_attn_image_to_token)
+        versions = tuple(p._version for m in modules for p in m.parameters())
+        cache = self._layer0_cache
+        if cache is not None:
+            src, pe_ref, pe_version, cached_versions, projections = cache
+            if (
+                cached_versions == versions
+                and src.shape == image_embedding.shape
+                and src.dtype == image_embedding.dtype
+                and src.device == image_embedding.device
+                and (
+                    (pe_ref is image_pe_input and pe_ref._version == pe_version)
+                    or torch.equal(pe_ref, image_pe_input)
+                )
+                and torch.equal(src, image_embedding)
+            ):
+                return projections
+        k = image_embedding + image_pe
+        t2i, i2t = modules
+        projections = (t2i.k_proj(k), t2i.v_proj(image_embedding), i2t.q_proj(k))
+        self._layer0_cache = (
+            image_embedding.clone(),
+            image_pe_input,
+            image_pe_input._version,
+            versions,
+            projections,
+        )
+        return projections
 
     def forward(
         self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
@@ -54,12 +100,20 @@ class TwoWayTransformer(nn.Module):
 
         Returns the processed tokens (B, N, C) and image tokens (B, h*w, C).
         """
+        image_pe_input = image_pe
         image_embedding = image_embedding.flatten(2).permute(0, 2, 1)
         image_pe = image_pe.flatten(2).permute(0, 2, 1)
+        projections = self._layer0_projections(image_embedding, image_pe, image_pe_input)
         queries = point_embedding
         keys = image_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries=queries, keys=keys, query_pe=point_embedding, key_pe=image_pe)
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(
+                queries=queries,
+                keys=keys,
+                query_pe=point_embedding,
+                key_pe=image_pe,
+                image_projections=projections if i == 0 else None,
+            )
         q = queries + point_embedding
         k = keys + image_pe
         queries = queries + self.final_attn_token_to_image(q=q, k=k, v=keys)
@@ -95,8 +149,15 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        image_projections: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block. image_projections: precomputed block-0 projections
+        (t2i k_proj(keys + key_pe), t2i v_proj(keys), i2t q_proj(keys + key_pe))."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(q=queries, k=queries, v=queries)
         else:
@@ -104,14 +165,25 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q=q, k=q, v=queries)
         queries = self.norm1(queries)
 
-        q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q=q, k=k, v=keys))
+        if image_projections is not None:
+            t2i_k, t2i_v, i2t_q = image_projections
+            t2i = self.cross_attn_token_to_image
+            attn_out = t2i.attend(t2i.q_proj(queries + query_pe), t2i_k, t2i_v)
+        else:
+            q = queries + query_pe
+            k = keys + key_pe
+            attn_out = self.cross_attn_token_to_image(q=q, k=k, v=keys)
+        queries = self.norm2(queries + attn_out)
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        k = keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(q=k, k=q, v=queries))
+        if image_projections is not None:
+            i2t = self.cross_attn_image_to_token
+            attn_out = i2t.attend(i2t_q, i2t.k_proj(q), i2t.v_proj(queries))
+        else:
+            k = keys + key_pe
+            attn_out = self.cross_attn_image_to_token(q=k, k=q, v=queries)
+        keys = self.norm4(keys + attn_out)
         return queries, keys
 
 
@@ -140,9 +212,13 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(b, n, h * c)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q = self._separate_heads(self.q_proj(q))
-        k = self._separate_heads(self.k_proj(k))
-        v = self._separate_heads(self.v_proj(v))
+        return self.attend(self.q_proj(q), self.k_proj(k), self.v_proj(v))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention on already projected q, k, v of shape (B or 1, n, internal_dim)."""
+        q = self._separate_heads(q)
+        k = self._separate_heads(k)
+        v = self._separate_heads(v)
         attn = q @ k.transpose(-2, -1)
         attn = attn / math.sqrt(q.shape[-1])
         attn = torch.softmax(attn, dim=-1)
