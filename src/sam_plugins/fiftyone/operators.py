@@ -1,0 +1,232 @@
+"""The FiftyOne operator `@sam-plugins/sam/segment`: a form over `sam_plugins.fiftyone.segment`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from sam_plugins.batch.records import MODES
+
+from .api import check_label_field, default_label_field, segment
+from .labels import DEFAULT_POINT_LABEL_ATTR, LABEL_TYPES, OUTPUTS, PROMPT_TYPES
+
+PLUGIN_NAME = "@sam-plugins/sam"
+OPERATOR_NAME = "segment"
+OPERATOR_URI = f"{PLUGIN_NAME}/{OPERATOR_NAME}"
+# Above this many samples the App proposes delegated execution by default.
+DELEGATE_THRESHOLD = 25
+
+# Automatic-mode parameters under their official names: (name, type, default, min, max, help).
+AMG_FORM: tuple[tuple[str, type, Any, float | None, float | None, str], ...] = (
+    ("points_per_side", int, 32, 1, 256, "grid points per image side"),
+    ("points_per_batch", int, 64, 1, 4096, "points decoded together (memory vs. speed)"),
+    ("pred_iou_thresh", float, 0.88, 0.0, 1.0, "minimum predicted IoU"),
+    ("stability_score_thresh", float, 0.95, 0.0, 1.0, "minimum stability score"),
+    ("stability_score_offset", float, 1.0, 0.0, None, "logit offset for the stability score"),
+    ("box_nms_thresh", float, 0.7, 0.0, 1.0, "box IoU above which duplicates are removed"),
+    ("crop_n_layers", int, 0, 0, 4, "extra layers of image crops (small objects)"),
+    ("crop_nms_thresh", float, 0.7, 0.0, 1.0, "box NMS threshold between crops"),
+    ("crop_overlap_ratio", float, 512 / 1500, 0.0, 1.0, "overlap of neighbouring crops"),
+    ("crop_n_points_downscale_factor", int, 1, 1, 8, "grid reduction per crop layer"),
+    ("min_mask_region_area", int, 0, 0, None, "remove holes/islands smaller than this (pixels)"),
+)
+AMG_DEFAULTS = {name: default for name, _t, default, *_ in AMG_FORM}
+
+
+def _model_choices() -> list[str]:
+    try:
+        from sam_plugins import list_models
+
+        return ["default", *[m for m in list_models() if m != "default"]]
+    except Exception:  # noqa: BLE001 - the form must render even if the registry cannot be read
+        return ["default"]
+
+
+def _fields_of(view, doc_type: type) -> list[str]:
+    schema = view.get_field_schema(embedded_doc_type=doc_type)
+    return sorted(schema)
+
+
+class SegmentWithSam(foo.Operator):
+    """Segment images with SAM: automatic, or prompted by existing boxes or keypoints."""
+
+    @property
+    def config(self) -> foo.OperatorConfig:
+        return foo.OperatorConfig(
+            name=OPERATOR_NAME,
+            label="Segment with SAM",
+            description="Segment Anything: automatic, box- or point-prompted instance masks",
+            dynamic=True,
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+        )
+
+    # -- form -----------------------------------------------------------------------------------
+    def resolve_input(self, ctx) -> types.Property:
+        inputs = types.Object()
+        view = ctx.target_view()
+        params = ctx.params
+        mode = params.get("mode", "automatic")
+        inputs.view("notice", types.Notice(label=f"{view.count()} sample(s) will be segmented"))
+
+        modes = types.RadioGroup()
+        modes.add_choice("automatic", label="Automatic", description="segment everything")
+        modes.add_choice("boxes", label="Box prompts", description="one mask per box of a Detections field")
+        modes.add_choice("points", label="Point prompts", description="one mask per keypoint group")
+        inputs.enum("mode", modes.values(), default="automatic", required=True, label="Mode", view=modes)
+
+        if mode in PROMPT_TYPES:
+            choices = types.Dropdown()
+            for name in _fields_of(view, PROMPT_TYPES[mode]):
+                choices.add_choice(name, label=name)
+            prop = inputs.enum(
+                "prompt_field",
+                choices.values(),
+                required=True,
+                label="Prompt field",
+                description=f"an existing {PROMPT_TYPES[mode].__name__} field",
+                view=choices,
+            )
+            if not choices.values():
+                prop.invalid = True
+                prop.error_message = f"this dataset has no {PROMPT_TYPES[mode].__name__} field"
+            if mode == "points":
+                inputs.str(
+                    "point_label_attr",
+                    default=DEFAULT_POINT_LABEL_ATTR,
+                    label="Point label attribute",
+                    description="per-point attribute: 1 = positive, 0 = negative (all positive if absent)",
+                )
+
+        outputs = types.RadioGroup()
+        outputs.add_choice("detections", label="Detections with instance masks")
+        outputs.add_choice("segmentation", label="Segmentation (instance label image)")
+        outputs.add_choice("polylines", label="Polylines")
+        inputs.enum("output", outputs.values(), default="detections", label="Output", view=outputs)
+        output = params.get("output", "detections")
+
+        existing = types.AutocompleteView()
+        for name in _fields_of(view, LABEL_TYPES.get(output, LABEL_TYPES["detections"])):
+            existing.add_choice(name, label=name)
+        label_field = params.get("label_field") or default_label_field(mode)
+        field_prop = inputs.str(
+            "label_field",
+            default=default_label_field(mode),
+            required=True,
+            label="Label field",
+            view=existing,
+        )
+        inputs.bool("overwrite", default=False, label="Overwrite existing labels")
+        inputs.bool("skip_existing", default=False, label="Skip samples already labelled (resume)")
+        try:
+            check_label_field(
+                ctx.dataset,
+                label_field,
+                output if output in OUTPUTS else "detections",
+                bool(params.get("overwrite")),
+                bool(params.get("skip_existing")),
+            )
+        except ValueError as err:
+            field_prop.invalid = True
+            field_prop.error_message = str(err)
+
+        models = types.AutocompleteView()
+        for name in _model_choices():
+            models.add_choice(name, label=name)
+        inputs.str(
+            "model",
+            default="default",
+            label="Model",
+            description="embedded default, a registered model name, or a checkpoint path",
+            view=models,
+        )
+        inputs.str(
+            "mask_dir",
+            label="Mask directory (optional)",
+            description="store every mask as a PNG file here (large masks go to disk anyway)",
+        )
+
+        if mode == "automatic":
+            inputs.view("amg_header", types.Header(label="Automatic mask generator", divider=True))
+            for name, kind, default, lo, hi, help_text in AMG_FORM:
+                add = inputs.int if kind is int else inputs.float
+                add(name, default=default, min=lo, max=hi, label=name, description=help_text)
+        return types.Property(inputs, view=types.View(label="Segment with SAM"))
+
+    def resolve_execution_options(self, ctx) -> foo.ExecutionOptions:
+        big = ctx.target_view().count() > DELEGATE_THRESHOLD
+        return foo.ExecutionOptions(
+            allow_immediate_execution=True,
+            allow_delegated_execution=True,
+            default_choice_to_delegated=big,
+        )
+
+    # -- run ------------------------------------------------------------------------------------
+    def execute(self, ctx) -> dict[str, Any]:
+        params = ctx.params
+        mode = params.get("mode", "automatic")
+        amg = {}
+        if mode == "automatic":
+            amg = {name: params[name] for name in AMG_DEFAULTS if params.get(name) is not None}
+            for name, value in AMG_DEFAULTS.items():
+                amg.setdefault(name, value)
+        model = params.get("model") or None
+        view = ctx.target_view()
+
+        def progress(done: int, total: int | None) -> None:
+            if total:
+                ctx.set_progress(progress=done / total, label=f"{done}/{total}")
+
+        report = segment(
+            view,
+            mode=mode,
+            label_field=params.get("label_field") or default_label_field(mode),
+            prompt_field=params.get("prompt_field"),
+            output=params.get("output", "detections"),
+            overwrite=bool(params.get("overwrite", False)),
+            skip_existing=bool(params.get("skip_existing", False)),
+            model=None if model == "default" else model,
+            mask_dir=params.get("mask_dir") or None,
+            point_label_attr=params.get("point_label_attr") or DEFAULT_POINT_LABEL_ATTR,
+            progress=progress,
+            **amg,
+        )
+        if not ctx.delegated:
+            ctx.trigger("reload_dataset")
+        return report
+
+    def resolve_output(self, ctx) -> types.Property:
+        outputs = types.Object()
+        for name, label in (
+            ("label_field", "Label field"),
+            ("processed", "Samples processed"),
+            ("succeeded", "Succeeded"),
+            ("failed", "Failed"),
+            ("skipped_existing", "Skipped (already labelled)"),
+            ("instances", "Objects"),
+            ("run_key", "Run key (provenance)"),
+        ):
+            outputs.str(name, label=label)
+        outputs.obj("failures", label="Failures (sample id: error)", view=types.JSONView())
+        return types.Property(outputs, view=types.View(label="SAM segmentation finished"))
+
+    # -- Python convenience -----------------------------------------------------------------------
+    def __call__(
+        self,
+        sample_collection,
+        mode: str = "automatic",
+        delegate: bool = False,
+        **params: Any,
+    ):
+        """Run the operator on a collection (`delegate=True` queues it for a delegated executor)."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}")
+        ctx = {"view": sample_collection.view(), "params": {"mode": mode, **params}}
+        return foo.execute_operator(self.uri, ctx, request_delegation=delegate)
+
+
+def register(plugin) -> None:
+    """Register this package's operators with a FiftyOne plugin context."""
+    plugin.register(SegmentWithSam)
