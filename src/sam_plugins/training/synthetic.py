@@ -48,7 +48,7 @@ class SyntheticConfig:
     radius_spread_range: Range = (0.05, 0.3)  # log-normal sigma of radii within a scene
     density_range: Range = (0.03, 0.85)  # fraction of the image covered by objects
     clustering_range: Range = (0.0, 1.0)  # 0 = uniform spread, 1 = clumps and empty areas
-    elongation_range: Range = (1.0, 2.2)  # largest axis ratio in a scene (nuclei)
+    elongation_range: Range = (1.2, 2.6)  # largest axis ratio in a scene (nuclei)
     cell_elongation_range: Range = (1.0, 3.5)
     irregularity_range: Range = (0.0, 0.1)  # relative outline modulation (nuclei)
     cell_irregularity_range: Range = (0.05, 0.35)
@@ -63,7 +63,7 @@ class SyntheticConfig:
     debris_range: Range = (0.0, 1.0)  # amount of unlabelled debris (0 = none)
     defocus_range: Range = (0.0, 0.25)  # fraction of objects from another focal plane
     psf_sigma_range: Range = (0.4, 2.2)  # Gaussian PSF sigma, px
-    photons_range: Range = (8.0, 3000.0)  # photons at the typical object peak (shot noise)
+    photons_range: Range = (12.0, 3000.0)  # photons at the typical object peak (shot noise)
     read_noise_range: Range = (0.002, 0.03)  # camera read noise relative to full scale
     saturation_prob: float = 0.15  # chance that the brightest objects clip at full scale
     bit_depth_weights: dict[int, float] = field(default_factory=lambda: {8: 0.5, 16: 0.5})
@@ -143,7 +143,7 @@ def _layout(rng: np.random.Generator, cfg: SyntheticConfig, kind: str, h: int, w
     pairs = dividing & ~lobed
 
     e_max = _uniform(rng, cfg.cell_elongation_range if cells else cfg.elongation_range)
-    elong = 1.0 + (e_max - 1.0) * rng.beta(2.0, 2.0, n)
+    elong = 1.0 + (e_max - 1.0) * rng.beta(2.5, 1.5, n)
     irr_r = cfg.cell_irregularity_range if cells else cfg.irregularity_range
     irr = np.full(n, _uniform(rng, irr_r)) * rng.uniform(0.5, 1.5, n)
     lobe = np.where(lobed, rng.uniform(0.3, 0.5, n), 0.0)
@@ -254,7 +254,7 @@ def _render_objects(
     p_def = _uniform(rng, cfg.defocus_range)
     defocus = rng.random(n) < p_def
     if defocus.any():
-        dsig = psf + r0 * rng.uniform(0.05, 0.18)
+        dsig = psf + r0 * rng.uniform(0.04, 0.12)
         dmask = np.concatenate([[False], defocus])[lab]
         dim = rng.uniform(0.3, 0.8)
         out = _blur(np.where(dmask, 0.0, signal), psf) + _blur(np.where(dmask, signal * dim, 0.0), dsig)
