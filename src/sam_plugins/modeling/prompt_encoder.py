@@ -59,7 +59,8 @@ class PromptEncoder(nn.Module):
         gaussian = self.pe_layer.positional_encoding_gaussian_matrix
         key = (gaussian.data_ptr(), gaussian._version, gaussian.device, gaussian.dtype)
         if self._dense_pe_cache is None or self._dense_pe_key != key:
-            with torch.no_grad():
+            # a normal tensor (not an inference tensor), so it is safe to reuse in any mode
+            with torch.inference_mode(False), torch.no_grad():
                 self._dense_pe_cache = self.pe_layer(self.image_embedding_size).unsqueeze(0)
             self._dense_pe_key = key
         return self._dense_pe_cache
