@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from sam_plugins.training.synthetic_shapes import (
+    blur,
     clean_labels,
     contact_map,
     drop_close_pairs,
@@ -31,6 +32,7 @@ from sam_plugins.training.synthetic_shapes import (
 __all__ = ["SyntheticConfig", "SyntheticSample", "SyntheticDataset", "generate_sample", "generate_volume"]
 
 Range = tuple[float, float]
+MIN_SNR = 2.0  # smallest per-pixel signal-to-noise ratio of the typical object
 
 
 @dataclass
@@ -96,7 +98,7 @@ def _choice(rng: np.random.Generator, weights: dict[Any, float]) -> Any:
 
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
-    return ndimage.gaussian_filter(img, sigma, mode="nearest") if sigma > 0.05 else img
+    return blur(img, sigma)
 
 
 # ----------------------------------------------------------------------------------------- layout
@@ -179,6 +181,8 @@ def _layout(rng: np.random.Generator, cfg: SyntheticConfig, kind: str, h: int, w
         "labels": labels,
         "dist": dist,
         "radius": radius[obj],
+        "cy": shapes.cy[obj],
+        "cx": shapes.cx[obj],
         "mitotic": mitotic[obj],
         "dividing": dividing[obj],
         "r0": r0,
@@ -205,7 +209,8 @@ def _render_objects(
     spread = _uniform(rng, cfg.intensity_spread_range)
     bright = np.exp(rng.normal(0, spread, n))
     bright = np.where(lay["mitotic"], bright * rng.uniform(1.5, 4.0, n), bright)
-    gamma = np.where(lay["mitotic"], 0.05, rng.uniform(0.02, 0.5) * rng.uniform(0.5, 1.5, n))
+    g_scene = rng.uniform(0.2, 1.0) if kind == "cells" else rng.uniform(0.02, 0.5)
+    gamma = np.where(lay["mitotic"], 0.05, g_scene * rng.uniform(0.6, 1.4, n))
     tex_amp = _uniform(rng, cfg.texture_range) * rng.uniform(0.5, 1.5, n)
     tex_amp = np.where(lay["mitotic"], tex_amp + 0.25, tex_amp)
     lab = labels
@@ -229,10 +234,17 @@ def _render_objects(
         signal = _lut(bright)[lab] * profile * np.clip(texture, 0.05, None)
     else:
         mode = _choice(rng, {"cytoplasm": 0.55, "membrane": 0.2, "mixed": 0.25})
-        nuc_frac = rng.uniform(0.25, 0.5, n)
+        # the nucleus: an ellipse near (not at) the cell centre, brighter or darker than the cytoplasm
+        rad = lay["radius"]
+        ang = rng.uniform(0, 2 * np.pi, n)
+        shift = rad * rng.uniform(0.0, 0.3, n)
+        ny, nx = lay["cy"] + shift * np.sin(ang), lay["cx"] + shift * np.cos(ang)
+        nr = rad * rng.uniform(0.3, 0.5, n)
         nuc_gain = rng.uniform(0.3, 1.8) * rng.uniform(0.8, 1.2, n)
-        in_nuc = inside & (dist < _lut(nuc_frac)[lab])
-        cyto = profile * np.clip(texture, 0.05, None) * np.where(in_nuc, _lut(nuc_gain)[lab], 1.0)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        dn = np.hypot(yy - _lut(ny)[lab], xx - _lut(nx)[lab]) / np.maximum(_lut(nr)[lab], 1.0)
+        w_nuc = np.clip((1.0 - dn) * _lut(nr)[lab] / 1.5, 0.0, 1.0) * inside
+        cyto = profile * np.clip(texture, 0.05, None) * (1.0 + w_nuc * (_lut(nuc_gain)[lab] - 1.0))
         ring_w = rng.uniform(0.6, 1.5)
         ring = _blur(edge_map(labels).astype(np.float32), ring_w) * (2.5 * ring_w)
         ring = np.clip(ring, 0, 1.5) * np.clip(1.0 + 0.5 * fine * rng.uniform(0, 1), 0, None)
@@ -299,9 +311,19 @@ def _background(
 
 
 def _camera(
-    rng: np.random.Generator, cfg: SyntheticConfig, expected: np.ndarray, ref: float
+    rng: np.random.Generator,
+    cfg: SyntheticConfig,
+    expected: np.ndarray,
+    ref: float,
+    contrast: float,
+    bg_level: float,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Shot noise, read noise, offset, gain, clipping and quantisation to 8 or 16 bit."""
+    """Shot noise, read noise, offset, gain, clipping and quantisation to 8 or 16 bit.
+
+    ``ref`` is the expected value that maps to the typical object peak. ``contrast`` (the typical
+    object signal above background) and ``bg_level`` set a noise floor: photons and read noise are
+    limited so that the typical object keeps a per-pixel SNR of at least ``MIN_SNR``.
+    """
     bits = int(_choice(rng, cfg.bit_depth_weights))
     if bits == 8:
         full, dtype = 255.0, np.uint8
@@ -311,16 +333,20 @@ def _camera(
         dtype = np.uint16
         offset = rng.uniform(0, 0.03) * full + (rng.uniform(90, 110) if rng.random() < 0.5 else 0.0)
     if rng.random() < cfg.saturation_prob:
-        peak = rng.uniform(0.9, 1.8)
+        peak = rng.uniform(0.9, 1.4)
     else:
         peak = _loguniform(rng, (0.08, 0.85))
+    span = peak * (full - offset)  # ADU of the typical object peak above the offset
+    cf = max(contrast / max(ref, 1e-9), 1e-3)
+    bf = max(bg_level / max(ref, 1e-9), 0.0)
     photons = _loguniform(rng, cfg.photons_range)
-    scale = photons / max(ref, 1e-6)
-    counts = rng.poisson(np.clip(expected, 0, None) * scale).astype(np.float32)
-    gain = (peak * full - offset) / photons
-    adu = offset + counts * max(gain, 1e-6)
-    read = _loguniform(rng, cfg.read_noise_range) * full * min(1.0, 8 * peak)
-    adu += rng.standard_normal(adu.shape, dtype=np.float32) * read
+    # shot noise alone may use half of the noise budget, read noise the other half
+    photons = max(photons, min(2.0 * MIN_SNR**2 * (bf + cf) / cf**2, 50 * cfg.photons_range[1]))
+    read = _loguniform(rng, cfg.read_noise_range) * full
+    read = max(min(read, span * cf / (np.sqrt(2.0) * MIN_SNR)), 0.3)
+    counts = rng.poisson(np.clip(expected, 0, None) * (photons / max(ref, 1e-9))).astype(np.float32)
+    adu = offset + counts * np.float32(span / photons)
+    adu += rng.standard_normal(adu.shape, dtype=np.float32) * np.float32(read)
     img = np.clip(np.round(adu), 0, full).astype(dtype)
     return img, {
         "bit_depth": bits,
@@ -348,7 +374,12 @@ def generate_sample(rng: np.random.Generator, config: SyntheticConfig | None = N
     expected = illum * (signal + bg)
     inside = lay["labels"] > 0
     ref = float(np.percentile(expected[inside], 95)) if inside.any() else float(expected.max() + 1e-3)
-    image, cam = _camera(rng, cfg, expected, ref)
+    contrast, bg_level = ref, 0.0
+    if inside.any() and not inside.all():
+        # the typical object (the ring for membrane stains) must stand out of the noise
+        contrast = float(np.percentile((illum * signal)[inside], 90 if info["mode"] == "membrane" else 50))
+        bg_level = float(np.median(expected[~inside]))
+    image, cam = _camera(rng, cfg, expected, ref, contrast, bg_level)
     labels = lay["labels"]
     meta = {
         "kind": kind,

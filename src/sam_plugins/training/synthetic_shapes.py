@@ -221,18 +221,58 @@ def drop_close_pairs(centers: np.ndarray, radius: np.ndarray, min_frac: float) -
     return np.nonzero(~drop)[0]
 
 
+def _interp_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) matrix of linear interpolation between pixel centres (edge values held)."""
+    pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    lo = np.clip(np.floor(pos).astype(int), 0, n_in - 1)
+    hi = np.clip(lo + 1, 0, n_in - 1)
+    frac = np.clip(pos - lo, 0.0, 1.0).astype(np.float32)
+    mat = np.zeros((n_out, n_in), dtype=np.float32)
+    np.add.at(mat, (np.arange(n_out), lo), 1.0 - frac)
+    np.add.at(mat, (np.arange(n_out), hi), frac)
+    return mat
+
+
+def resize2d(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D array with two small matrix products (fast for smooth fields)."""
+    return (
+        _interp_matrix(shape[0], img.shape[0])
+        @ img.astype(np.float32)
+        @ _interp_matrix(shape[1], img.shape[1]).T
+    )
+
+
+def blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur; large sigmas are applied on a block-averaged copy and upsampled (2-D)."""
+    if sigma <= 0.05:
+        return img
+    if sigma <= 4.0 or img.ndim != 2:
+        return ndimage.gaussian_filter(img, sigma, mode="nearest", truncate=3.0)
+    f = int(sigma // 2)
+    h, w = img.shape
+    hc, wc = -(-h // f), -(-w // f)
+    pad = np.pad(img, ((0, hc * f - h), (0, wc * f - w)), mode="edge")
+    small = pad.reshape(hc, f, wc, f).mean(axis=(1, 3))
+    small = ndimage.gaussian_filter(small, np.sqrt(max(sigma**2 - f**2 / 4.0, 0.25)) / f, mode="nearest")
+    full = resize2d(small, (hc * f, wc * f))
+    return full[:h, :w]
+
+
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
     """Gaussian-filtered white noise with zero mean and unit standard deviation (float32).
 
     Large sigmas are computed on a coarse grid and upsampled, so the cost stays small.
     """
     sigma = max(float(sigma), 0.3)
-    factor = int(max(1, sigma // 4))
+    factor = int(max(1, sigma // 3))
     coarse = tuple(max(2, -(-s // factor)) for s in shape)
     field = rng.standard_normal(coarse).astype(np.float32)
-    field = ndimage.gaussian_filter(field, sigma / factor, mode="wrap")
+    field = ndimage.gaussian_filter(field, sigma / factor, mode="wrap", truncate=3.0)
     if factor > 1:
-        field = ndimage.zoom(field, [s / c for s, c in zip(shape, coarse, strict=True)], order=1)
+        if len(shape) == 2:
+            field = resize2d(field, (coarse[0] * factor, coarse[1] * factor))
+        else:
+            field = ndimage.zoom(field, factor, order=1)
         field = field[tuple(slice(0, s) for s in shape)]
     std = float(field.std())
     return (field - field.mean()) / (std if std > 0 else 1.0)
