@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def build_pair(model_type: str):
     from conftest import make_pair
-
     from sam_plugins.models.configs import OFFICIAL_CONFIGS
 
     official, ours = make_pair(OFFICIAL_CONFIGS[model_type], seed=0)
@@ -58,7 +57,9 @@ def peak_memory_child(model_type: str, which: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one timed run each, no memory runs")
@@ -94,18 +95,32 @@ def main() -> None:
     print(f"ours fp32        : {best_ours:7.2f} s  (runs: {', '.join(f'{t:.2f}' for t in t_ours)})")
     print(f"ratio ours/official fp32 : {best_ours / best_off:.3f}  (target <= 0.6)")
     print(f"max |ours - official| fp32 : {err:.2e}  (target <= 1e-4; embedding max {ref.abs().max():.2f})")
-    print(f"ours bf16 (opt-in): {t_bf16:7.2f} s, ratio {t_bf16 / best_off:.3f}; "
-          f"error vs official: max {err_bf16.max():.2e}, mean {err_bf16.mean():.2e}")
+    print(
+        f"ours bf16 (opt-in): {t_bf16:7.2f} s, ratio {t_bf16 / best_off:.3f}; "
+        f"error vs official: max {err_bf16.max():.2e}, mean {err_bf16.mean():.2e}"
+    )
     if not args.quick:
         for which in ("official", "ours"):
             result = subprocess.run(
-                [sys.executable, __file__, "--model", args.model, "--threads", str(args.threads),
-                 "--_memory-child", which],
-                capture_output=True, text=True, check=True,
+                [
+                    sys.executable,
+                    __file__,
+                    "--model",
+                    args.model,
+                    "--threads",
+                    str(args.threads),
+                    "--_memory-child",
+                    which,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
             )
             mem = json.loads(result.stdout.strip().splitlines()[-1])
-            print(f"peak RSS {which:8s}: {mem['peak_mb']:7.0f} MB "
-                  f"(of which the forward pass: {mem['forward_extra_mb']:.0f} MB)")
+            print(
+                f"peak RSS {which:8s}: {mem['peak_mb']:7.0f} MB "
+                f"(of which the forward pass: {mem['forward_extra_mb']:.0f} MB)"
+            )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="sam-plugins-fo-db-"))
 
 from reference import import_segment_anything  # noqa: E402
-
 from sam_plugins.models.configs import TINY, SamConfig, build_sam  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

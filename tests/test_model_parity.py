@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_official, make_pair
 
+from conftest import build_official, make_pair
 from reference import import_segment_anything
 from sam_plugins.modeling.image_encoder import get_rel_pos
 from sam_plugins.models.configs import TINY, VIT_B, VIT_H, VIT_L, build_sam, count_parameters
@@ -86,7 +86,9 @@ def test_end_to_end_forward_matches(tiny_pair):
     assert not disagree.any() or ref_logits[disagree].abs().max() < 1e-3
 
 
-@pytest.mark.parametrize(("q_size", "k_size", "length"), [(14, 14, 27), (64, 64, 127), (32, 32, 127), (20, 20, 27)])
+@pytest.mark.parametrize(
+    ("q_size", "k_size", "length"), [(14, 14, 27), (64, 64, 127), (32, 32, 127), (20, 20, 27)]
+)
 def test_relative_position_interpolation_matches(q_size, k_size, length):
     import_segment_anything()
     from segment_anything.modeling.image_encoder import get_rel_pos as official_get_rel_pos

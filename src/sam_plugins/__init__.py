@@ -28,7 +28,19 @@ _LAZY = {
     "prepare_image": "sam_plugins.images",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [
+    "ModelSpec",
+    "Sam",
+    "SamAutomaticMaskGenerator",
+    "SamConfig",
+    "SamPredictor",
+    "build_sam",
+    "list_models",
+    "load_model",
+    "masks_to_label_image",
+    "prepare_image",
+    "sam_model_registry",
+]
 
 if TYPE_CHECKING:
     from .automatic import SamAutomaticMaskGenerator, masks_to_label_image

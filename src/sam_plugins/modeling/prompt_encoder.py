@@ -149,7 +149,8 @@ class PositionEmbeddingRandom(nn.Module):
     def _pe_encoding(self, coords: torch.Tensor) -> torch.Tensor:
         """Encode coordinates normalised to [0, 1]; output has sin features first, then cos."""
         coords = 2 * coords - 1
-        coords = coords.to(self.positional_encoding_gaussian_matrix.dtype) @ self.positional_encoding_gaussian_matrix
+        gaussian = self.positional_encoding_gaussian_matrix
+        coords = coords.to(gaussian.dtype) @ gaussian
         coords = 2 * math.pi * coords
         return torch.cat([torch.sin(coords), torch.cos(coords)], dim=-1)
 

@@ -39,7 +39,9 @@ class Sam(nn.Module):
         return self.pixel_mean.device
 
     @torch.no_grad()
-    def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
+    def forward(
+        self, batched_input: list[dict[str, Any]], multimask_output: bool
+    ) -> list[dict[str, torch.Tensor]]:
         """End-to-end prediction for a list of images, each with its own prompts.
 
         Each dict holds 'image' (3, H, W) already resized so the long side equals the model input
@@ -50,7 +52,7 @@ class Sam(nn.Module):
         input_images = torch.stack([self.preprocess(x["image"]) for x in batched_input], dim=0)
         image_embeddings = self.image_encoder(input_images)
         outputs = []
-        for record, embedding in zip(batched_input, image_embeddings):
+        for record, embedding in zip(batched_input, image_embeddings, strict=True):
             points = None
             if "point_coords" in record:
                 points = (record["point_coords"], record["point_labels"])

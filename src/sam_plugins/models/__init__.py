@@ -4,4 +4,12 @@ from .configs import SamConfig, build_sam
 from .hooks import ModelSpec, hookimpl
 from .registry import list_models, load_model, sam_model_registry
 
-__all__ = ["ModelSpec", "SamConfig", "build_sam", "hookimpl", "list_models", "load_model", "sam_model_registry"]
+__all__ = [
+    "ModelSpec",
+    "SamConfig",
+    "build_sam",
+    "hookimpl",
+    "list_models",
+    "load_model",
+    "sam_model_registry",
+]
