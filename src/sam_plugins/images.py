@@ -4,8 +4,8 @@ SAM expects an RGB ``uint8`` image of shape (H, W, 3). :func:`prepare_image` con
 microscopes produce into that, with one documented rule:
 
 * **Layout.** 2-D arrays are grayscale. 3-D arrays have one channel axis: the axis given as
-  ``channel_axis``, else the last axis if it is the smallest and has at most 16 entries, else the
-  first axis under the same condition. One channel -> grayscale; 3 -> RGB; 4 -> RGBA (alpha
+  ``channel_axis``, else the last axis if it has 3 or 4 entries or is the smallest axis with at most
+  16 entries, else the first axis if it is the smallest with at most 16 entries. One channel -> grayscale; 3 -> RGB; 4 -> RGBA (alpha
   dropped); any other count needs ``channel=`` to pick one channel. ``channel=`` can also pick a
   single channel of an RGB(A) image. Grayscale is repeated into the three RGB channels.
 * **Intensities.** ``uint8`` data is used unchanged (so RGB ``uint8`` images give exactly the
@@ -32,7 +32,7 @@ def _channel_axis(shape: tuple[int, ...], channel_axis: int | None) -> int:
             raise ValueError(f"channel_axis={channel_axis} is out of range for a 3-D image of shape {shape}.")
         return channel_axis % 3
     last, first = shape[-1], shape[0]
-    if last <= _MAX_CHANNELS and last <= min(shape[:2]):
+    if last in (3, 4) or (last <= _MAX_CHANNELS and last <= min(shape[:2])):
         return 2
     if first <= _MAX_CHANNELS and first <= min(shape[1:]):
         return 0
