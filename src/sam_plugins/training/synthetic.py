@@ -48,7 +48,7 @@ class SyntheticConfig:
     radius_range: Range = (4.0, 45.0)  # nuclei: mean equivalent radius of a scene, px
     cell_radius_range: Range = (10.0, 60.0)  # whole cells
     radius_spread_range: Range = (0.05, 0.3)  # log-normal sigma of radii within a scene
-    density_range: Range = (0.03, 0.85)  # fraction of the image covered by objects
+    density_range: Range = (0.03, 0.75)  # fraction of the image covered by objects
     clustering_range: Range = (0.0, 1.0)  # 0 = uniform spread, 1 = clumps and empty areas
     elongation_range: Range = (1.2, 2.6)  # largest axis ratio in a scene (nuclei)
     cell_elongation_range: Range = (1.0, 3.5)
@@ -65,7 +65,7 @@ class SyntheticConfig:
     debris_range: Range = (0.0, 1.0)  # amount of unlabelled debris (0 = none)
     defocus_range: Range = (0.0, 0.25)  # fraction of objects from another focal plane
     psf_sigma_range: Range = (0.4, 2.2)  # Gaussian PSF sigma, px
-    photons_range: Range = (12.0, 3000.0)  # photons at the typical object peak (shot noise)
+    photons_range: Range = (12.0, 10000.0)  # photons at the typical object peak (shot noise)
     read_noise_range: Range = (0.002, 0.03)  # camera read noise relative to full scale
     saturation_prob: float = 0.15  # chance that the brightest objects clip at full scale
     bit_depth_weights: dict[int, float] = field(default_factory=lambda: {8: 0.5, 16: 0.5})
@@ -305,7 +305,9 @@ def _background(
     if debris > 0.05:
         area = h * w
         small = spot_field(rng, shape, int(debris * area / 2500 * rng.uniform(0.2, 2)), rng.uniform(0.6, 1.5))
-        blobs = spot_field(rng, shape, int(debris * area / 20000 * rng.uniform(0, 2)), rng.uniform(1.5, 4.0))
+        # larger debris stays clearly smaller than the objects so it is not an unlabelled nucleus
+        blob_sigma = min(rng.uniform(1.5, 4.0), 0.3 * r0)
+        blobs = spot_field(rng, shape, int(debris * area / 20000 * rng.uniform(0, 2)), blob_sigma)
         bg = bg + level * (rng.uniform(0.2, 1.5) * small + rng.uniform(0.1, 0.6) * blobs)
     return bg, illum
 
