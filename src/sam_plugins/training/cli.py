@@ -35,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--val-fraction", type=float, default=0.1)
     f.add_argument("--channel", type=int, help="channel of multichannel images to use")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
     f.add_argument("--work-dir", default="runs", help="where the run's logs and checkpoints go")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=_run_finetune)
@@ -77,6 +78,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         channel=args.channel,
         seed=args.seed,
+        threads=args.threads,
         progress=not args.no_progress,
     )
     path = train(TrainConfig.from_dict(base))

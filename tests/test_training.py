@@ -1,0 +1,302 @@
+"""Training recipe: losses, prompt simulation, data loading, a few steps, fine-tune round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from sam_plugins.models.configs import TINY, SamConfig, build_sam
+from sam_plugins.training.data import FolderDataset, check_labels, make_example
+from sam_plugins.training.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
+from sam_plugins.training.prompts import (
+    block_reduce_mask,
+    box_from_mask,
+    jitter_boxes,
+    sample_correction_points,
+    sample_positive_points,
+)
+from sam_plugins.training.trainer import (
+    TrainConfig,
+    draw_examples,
+    interactive_loss,
+    lr_factor,
+    make_optimizer,
+    save_checkpoint,
+    train,
+)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: on a busy shared CPU, two threads per process are many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
+
+
+def disk_scene(rng: np.random.Generator, size: int = 128, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.zeros((size, size), np.int32)
+    for i in range(n):
+        cy, cx = rng.integers(15, size - 15, 2)
+        labels[disk(labels.shape, cy, cx, rng.integers(6, 14)) & (labels == 0)] = i + 1
+    image = (rng.normal(30, 5, labels.shape) + 150 * (labels > 0)).clip(0, 255).astype(np.uint8)
+    return image, labels
+
+
+# --- losses --------------------------------------------------------------------------------------
+
+
+def test_focal_loss_hand_computed():
+    logits = torch.tensor([[[0.0, 2.0]]])
+    targets = torch.tensor([[[1.0, 0.0]]])
+    p2 = 1 / (1 + math.exp(-2))
+    pos = math.log(2) * 0.5**2  # p = 0.5, target 1
+    neg = math.log(1 + math.exp(2)) * p2**2  # target 0: ce = -log(1 - p), weight p ** 2
+    assert sigmoid_focal_loss(logits, targets).item() == pytest.approx((pos + neg) / 2, rel=1e-5)
+    weighted = (0.25 * pos + 0.75 * neg) / 2
+    assert sigmoid_focal_loss(logits, targets, alpha=0.25).item() == pytest.approx(weighted, rel=1e-5)
+
+
+def test_dice_and_iou_hand_computed():
+    logits = torch.tensor([[[0.0, 0.0], [10.0, -10.0]]])
+    targets = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    p = torch.sigmoid(logits)
+    inter = 0.5 + float(p[0, 1, 0])
+    total = 0.5 + 0.5 + float(p[0, 1, 0]) + float(p[0, 1, 1]) + 2
+    assert dice_loss(logits, targets).item() == pytest.approx(1 - (2 * inter + 1) / (total + 1), rel=1e-6)
+    # binarised at 0: prediction {(1,0)}, target {(0,0),(1,0)} -> IoU 1/2
+    assert mask_iou(logits, targets).item() == pytest.approx(0.5)
+    assert mask_iou(torch.full((1, 2, 2), -5.0), torch.zeros(1, 2, 2)).item() == 1.0
+
+
+def test_sam_loss_takes_best_of_multimask():
+    gt = torch.from_numpy(disk((16, 16), 8, 8, 5)).float()[None, None]  # (1, 1, 16, 16)
+    good = (gt[0, 0] * 2 - 1) * 20
+    logits = torch.stack([-good, good, torch.zeros_like(good)])[None]  # output 1 is right
+    iou_pred = torch.tensor([[0.0, 1.0, 0.0]])
+    out = sam_loss(logits, iou_pred, gt)
+    assert out.best.tolist() == [1]
+    assert out.iou.item() == pytest.approx(1.0)
+    assert out.dice.item() < 0.01 and out.focal.item() < 1e-6
+    # IoU head target: real IoUs (0 for the inverted mask, 0 for the all-zero-logit mask, 1)
+    assert out.iou_mse.item() == pytest.approx(0.0, abs=1e-6)
+    worse = sam_loss(logits, torch.tensor([[1.0, 0.0, 1.0]]), gt)
+    assert worse.iou_mse.item() == pytest.approx(1.0)  # (1 + 1 + 1) / 3
+    # per-object normalisation: the batch loss is the mean of the objects' losses, whatever their size
+    targets = torch.stack([torch.from_numpy(disk((32, 32), 16, 16, r)).float() for r in (2, 14)])[:, None]
+    logits = torch.randn(2, 1, 32, 32)
+    pair = sam_loss(logits, torch.zeros(2, 1), targets).loss.item()
+    singles = [sam_loss(logits[i : i + 1], torch.zeros(1, 1), targets[i : i + 1]).loss.item() for i in (0, 1)]
+    assert pair == pytest.approx(sum(singles) / 2, rel=1e-6)
+
+
+# --- prompt simulation -----------------------------------------------------------------------------
+
+
+def test_positive_points_inside_and_interior():
+    rng = np.random.default_rng(0)
+    masks = np.stack([disk((64, 64), 20, 30, 10), disk((64, 64), 40, 10, 4), disk((64, 64), 0, 63, 9)])
+    for _ in range(20):
+        pts = sample_positive_points(masks, rng)
+        for m, (x, y) in zip(masks, pts, strict=True):
+            assert m[int(y), int(x)]
+    centred = np.array([sample_positive_points(masks[:1], rng, power=8)[0] for _ in range(50)])
+    uniform = np.array([sample_positive_points(masks[:1], rng, power=0)[0] for _ in range(50)])
+    # strong preference for the interior (uniform points in a disk of radius 10: mean distance ~6.7)
+    assert np.hypot(*(centred - [30, 20]).T).mean() < 3 < 5 < np.hypot(*(uniform - [30, 20]).T).mean()
+
+
+def test_boxes_jittered_within_bounds():
+    rng = np.random.default_rng(1)
+    masks = np.stack([disk((50, 60), 25, 30, 12), disk((50, 60), 2, 2, 5), disk((50, 60), 48, 58, 6)])
+    exact = jitter_boxes(masks, rng, noise=0.0)
+    assert exact[0].tolist() == box_from_mask(masks[0]).tolist() == [19, 14, 41, 36]
+    for _ in range(50):
+        boxes = jitter_boxes(masks, rng, noise=0.5, max_pixels=4)
+        assert (boxes[:, [0, 2]] >= 0).all() and (boxes[:, [0, 2]] <= 59).all()
+        assert (boxes[:, [1, 3]] >= 0).all() and (boxes[:, [1, 3]] <= 49).all()
+        assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
+        assert np.abs(boxes - exact).max() <= 4 + 1e-4
+    assert np.abs(jitter_boxes(masks, rng) - exact).max() > 0
+
+
+def test_correction_points_in_error_regions():
+    rng = np.random.default_rng(2)
+    gt = np.stack([disk((64, 64), 32, 32, 14), disk((64, 64), 32, 32, 6), disk((64, 64), 20, 20, 8)])
+    pred = np.stack([disk((64, 64), 32, 32, 6), disk((64, 64), 32, 32, 14), gt[2]])
+    for _ in range(10):
+        coords, labels = sample_correction_points(pred, gt, rng)
+        assert labels.tolist() == [1, 0, -1]  # FN larger, FP larger, no error
+        x, y = coords[0].astype(int)
+        assert gt[0, y, x] and not pred[0, y, x]
+        x, y = coords[1].astype(int)
+        assert pred[1, y, x] and not gt[1, y, x]
+    # low-res prediction against full-res truth: the click's cell is in the error region and the
+    # full-res pixel has the right ground-truth value
+    gt_full = np.stack([disk((128, 128), 64, 64, 30), disk((128, 128), 64, 64, 10)])
+    pred_low = np.stack([disk((32, 32), 16, 16, 3), disk((32, 32), 16, 16, 9)])
+    for _ in range(10):
+        coords, labels = sample_correction_points(pred_low, gt_full, rng)
+        gt_low = block_reduce_mask(gt_full, 4)
+        assert labels.tolist() == [1, 0]
+        for i, (x, y) in enumerate(coords.astype(int)):
+            assert gt_low[i, y // 4, x // 4] != pred_low[i, y // 4, x // 4]
+            assert gt_full[i, y, x] == bool(labels[i])
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+def test_make_example_shapes_and_objects():
+    rng = np.random.default_rng(3)
+    image, labels = disk_scene(rng, 100)
+    ex = make_example(image.astype(np.uint16) * 40, labels, rng, image_size=128, max_objects=3, min_area=10)
+    assert ex.image.shape == (3, 128, 128) and ex.image.dtype == torch.float32
+    assert 1 <= len(ex.masks) <= 3 and ex.masks.shape[1:] == (128, 128)
+    assert all(m.sum() >= 10 for m in ex.masks)
+    assert make_example(image, np.zeros_like(labels), rng, image_size=128) is None
+
+
+def _write_pair(images: Path, labels: Path, name: str, image: np.ndarray, lab: np.ndarray) -> None:
+    images.mkdir(exist_ok=True)
+    labels.mkdir(exist_ok=True)
+    tifffile.imwrite(images / f"{name}.tif", image)
+    tifffile.imwrite(labels / f"{name}_labels.tif", lab)
+
+
+def test_folder_dataset_and_errors(tmp_path: Path):
+    rng = np.random.default_rng(4)
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    a_img, a_lab = disk_scene(rng, 64)
+    _write_pair(images, labels, "a", a_img, a_lab)
+    stack = np.stack([disk_scene(rng, 64)[1] for _ in range(3)])
+    stack[1] = 0  # an empty slice is skipped
+    _write_pair(images, labels, "b", np.stack([a_img] * 3), stack.astype(np.uint16))
+    Image.fromarray(a_img).save(images / "c.png")
+    Image.fromarray(a_lab.astype(np.uint8)).save(labels / "c.png")
+    ds = FolderDataset(images, labels)
+    assert len(ds) == 1 + 2 + 1
+    assert ds[0][1].dtype == np.int32
+
+    def error_for(img: np.ndarray, lab: np.ndarray, match: str) -> None:
+        d = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
+        d.mkdir()
+        _write_pair(d / "i", d / "l", "x", img, lab)
+        with pytest.raises(ValueError, match=match):
+            FolderDataset(d / "i", d / "l")
+
+    error_for(a_img, a_lab[:32], "does not match")
+    error_for(a_img, np.zeros_like(a_lab), "no objects")
+    error_for(a_img, a_lab.astype(np.float32) + 0.5, "fractional")
+    error_for(a_img, np.stack([a_lab.astype(np.uint8)] * 3, -1), "RGB")
+    (images / "orphan.tif").write_bytes((images / "a.tif").read_bytes())
+    with pytest.raises(ValueError, match="orphan.tif"):
+        FolderDataset(images, labels)
+    with pytest.raises(ValueError, match="boolean"):
+        check_labels(a_lab > 0)
+
+
+# --- training ---------------------------------------------------------------------------------------
+
+
+def test_training_steps_lower_the_loss():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    scenes = [disk_scene(rng, 128) for _ in range(2)]
+    config = TrainConfig(model="tiny", images_per_step=2, objects_per_image=4, rounds=2, lr=2e-3,
+                         box_prob=0.0, mask_prompt_prob=0.0, no_point_round_prob=0.0)
+    from sam_plugins.training.trainer import build_model
+
+    model = build_model(config)
+    model.train()
+    optimizer = make_optimizer(model, config)
+    examples = draw_examples(scenes, np.random.default_rng(0), 2, config, 256, augment=False)
+    losses = []
+    for _ in range(12):
+        loss, stats = interactive_loss(model, examples, np.random.default_rng(1), config)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert {"focal", "dice", "iou_mse", "iou_first", "iou_last"} <= set(stats)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_lr_schedule():
+    config = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, config) == pytest.approx(0.1)
+    assert lr_factor(9, config) == pytest.approx(1.0)
+    assert lr_factor(55, config) == pytest.approx(0.55)
+    assert lr_factor(100, config) == pytest.approx(0.1)
+
+
+def test_config_file_and_unknown_keys(tmp_path: Path):
+    config = TrainConfig.from_file(CONFIGS / "train_tiny_test.toml")
+    assert config.model == "tiny"
+    default = TrainConfig.from_file(CONFIGS / "train_default.toml")
+    cfg = default.sam_config()
+    model = build_sam(cfg)
+    assert sum(t.numel() * t.element_size() for t in model.state_dict().values()) <= 25e6
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"stpes": 3}))
+    with pytest.raises(ValueError, match="stpes"):
+        TrainConfig.from_file(path)
+
+
+def test_train_resume_from_config(tmp_path: Path):
+    config = TrainConfig.from_file(CONFIGS / "train_tiny_test.toml")
+    data = {**config.to_dict(), "out_dir": str(tmp_path), "steps": 4, "checkpoint_every": 2, "epoch_steps": 2,
+            "progress": False}
+    path = train(TrainConfig.from_dict(data), log=lambda s: None)
+    assert path == tmp_path / config.name / "model.pt"
+    records = [json.loads(line) for line in (path.parent / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4]
+    assert any("val_point_miou" in r for r in records)
+    path = train(TrainConfig.from_dict({**data, "steps": 6}), resume=True, log=lambda s: None)
+    records = [json.loads(line) for line in (path.parent / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert ckpt["meta"]["step"] == 6
+
+
+def test_finetune_save_reload_round_trip(tmp_path: Path):
+    from sam_plugins.cli import main
+
+    rng = np.random.default_rng(6)
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    for i in range(4):
+        _write_pair(images, labels, f"img{i}", *disk_scene(rng, 96))
+    start = tmp_path / "start.pt"
+    torch.manual_seed(0)
+    save_checkpoint(start, build_sam(TINY), {"note": "untrained"})
+    out = tmp_path / "tuned.pt"
+    code = main(["finetune", "--images", str(images), "--labels", str(labels), "--model", str(start),
+                 "--out", str(out), "--steps", "3", "--work-dir", str(tmp_path / "runs"), "--no-progress",
+                 "--threads", "1"])
+    assert code == 0 and out.exists()
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert set(ckpt) == {"model", "config", "meta"}
+    model = build_sam(SamConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["model"], strict=True)
+    before = torch.load(start, map_location="cpu", weights_only=True)["model"]
+    changed = [k for k in before if not torch.equal(before[k], ckpt["model"][k])]
+    assert any(k.startswith("mask_decoder.") for k in changed)
+    from sam_plugins import load_model
+
+    loaded = load_model(out, device="cpu")
+    assert loaded.config == SamConfig.from_dict(ckpt["config"])
