@@ -91,6 +91,27 @@ def _stability(logits: torch.Tensor, threshold: float, offset: float) -> torch.T
     return torch.where(union > 0, inter.float() / union.clamp(min=1).float(), torch.ones_like(inter.float()))
 
 
+def _checkpoint_sha256(spec: str | None) -> str | None:
+    """SHA-256 of the checkpoint file behind a model name or path (None if there is no file)."""
+    from sam_plugins.models.checkpoints import file_sha256
+
+    if spec and Path(spec).is_file():
+        return file_sha256(spec)
+    try:
+        from sam_plugins.models.registry import DEFAULT_ALIASES, EMBEDDED_MODEL_NAME, list_models
+
+        name = EMBEDDED_MODEL_NAME if spec in DEFAULT_ALIASES else spec
+        for entry in list_models():
+            if getattr(entry, "name", None) == name:
+                path = getattr(entry, "path", None)
+                if path is not None and Path(path).is_file():
+                    return file_sha256(path)
+                return getattr(entry, "sha256", None)
+    except Exception:  # noqa: BLE001 - provenance is best effort; weights_sha256 is always exact
+        return None
+    return None
+
+
 class Segmenter:
     """Holds one loaded model and segments tasks with it (one instance per worker)."""
 
@@ -112,11 +133,7 @@ class Segmenter:
         """Model provenance: what was asked for, file and weight digests, device."""
         if self._info is None:
             spec = self.settings.model
-            checkpoint_sha256 = None
-            if spec and Path(spec).is_file():
-                from sam_plugins.models.checkpoints import file_sha256
-
-                checkpoint_sha256 = file_sha256(spec)
+            checkpoint_sha256 = _checkpoint_sha256(spec)
             digest = hashlib.sha256()
             for name, tensor in self.model.state_dict().items():
                 digest.update(name.encode())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
 
 INSTALL_NAME = "sam-plugins"
@@ -80,6 +81,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_install(args: argparse.Namespace) -> int:
-    target, what = install(args.plugins_dir, copy=args.copy)
+    try:
+        target, what = install(args.plugins_dir, copy=args.copy)
+    except FileExistsError as err:
+        print(f"sam-plugins fiftyone install: error: {err}", file=sys.stderr)
+        return 1
     print(f"@sam-plugins/sam {what}: {target}")
     return 0

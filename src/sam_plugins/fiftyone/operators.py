@@ -36,12 +36,14 @@ AMG_DEFAULTS = {name: default for name, _t, default, *_ in AMG_FORM}
 
 
 def _model_choices() -> list[str]:
+    """ "default" plus every registered model name (official, plugin-provided, fine-tuned)."""
     try:
         from sam_plugins import list_models
 
-        return ["default", *[m for m in list_models() if m != "default"]]
+        names = [getattr(m, "name", m) for m in list_models()]
     except Exception:  # noqa: BLE001 - the form must render even if the registry cannot be read
-        return ["default"]
+        names = []
+    return ["default", *[n for n in names if n != "default"]]
 
 
 def _fields_of(view, doc_type: type) -> list[str]:
@@ -75,7 +77,7 @@ class SegmentWithSam(foo.Operator):
         modes.add_choice("automatic", label="Automatic", description="segment everything")
         modes.add_choice("boxes", label="Box prompts", description="one mask per box of a Detections field")
         modes.add_choice("points", label="Point prompts", description="one mask per keypoint group")
-        inputs.enum("mode", modes.values(), default="automatic", required=True, label="Mode", view=modes)
+        inputs.enum("mode", modes.values(), default="automatic", label="Mode", view=modes)
 
         if mode in PROMPT_TYPES:
             choices = types.Dropdown()
@@ -114,7 +116,6 @@ class SegmentWithSam(foo.Operator):
         field_prop = inputs.str(
             "label_field",
             default=default_label_field(mode),
-            required=True,
             label="Label field",
             view=existing,
         )
