@@ -8,6 +8,7 @@ import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..volumes import StopCriteria, iter_propagate
+from ._layer_setup import same_layer
 from ._layers import ObjectPrompts, boxes_on_plane, group_prompts, plan_commit, points_on_plane
 from ._session import AnnotatorSession, AutoParams
 
@@ -32,9 +33,9 @@ class ActionsMixin:
         if not source.is_stack or event is None or str(getattr(event, "action", "")) != "added":
             return self.current_plane()
         layer = getattr(event, "source", None)
-        if layer is self.points_layer and len(layer.data):
+        if same_layer(layer, self.points_layer) and len(layer.data):
             return int(np.clip(np.round(layer.data[-1][0]), 0, source.n_planes - 1))
-        if layer is self.boxes_layer and len(layer.data):
+        if same_layer(layer, self.boxes_layer) and len(layer.data):
             return int(np.clip(np.round(layer.data[-1][0][0]), 0, source.n_planes - 1))
         return self.current_plane()
 
@@ -220,7 +221,7 @@ class ActionsMixin:
             return session, reasons
 
         def on_step(done: int, total: int, payload: Any) -> None:
-            if payload is None or current is not self.current_layer:
+            if payload is None or not same_layer(current, self.current_layer):
                 return
             k, step = payload
             if step.mask is not None and step.direction != "start":

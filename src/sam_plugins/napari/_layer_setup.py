@@ -13,6 +13,13 @@ CURRENT_NAME, COMMITTED_NAME, AUTO_NAME = "current object", "committed objects",
 PROMPT_COLORS = {"positive": "lime", "negative": "red"}
 
 
+def same_layer(a: Any, b: Any) -> bool:
+    """Identity of layers, seeing through napari's PublicOnlyProxy (plugins get wrapped layers)."""
+    if a is None or b is None:
+        return False
+    return getattr(a, "__wrapped__", a) is getattr(b, "__wrapped__", b)
+
+
 class LayersMixin:
     """Creates the prompt/preview layers with the image's geometry and keeps track of them."""
 
@@ -43,9 +50,9 @@ class LayersMixin:
             self._ensure_target(source)
             return
         for layer in list(self._own_layers):
-            if layer in self.viewer.layers and layer is not self.target.value:
+            if layer in self.viewer.layers and not same_layer(layer, self.target.value):
                 self.viewer.layers.remove(layer)
-        self._own_layers = [layer for layer in self._own_layers if layer is self.target.value]
+        self._own_layers = [layer for layer in self._own_layers if same_layer(layer, self.target.value)]
         self.points_layer = self.boxes_layer = self.current_layer = self.auto_layer = None
         geometry = self._geometry(source)
         ndim = source.spatial_ndim
@@ -105,9 +112,9 @@ class LayersMixin:
 
     def _forget_layer(self, layer: Any) -> None:
         """The user deleted one of our layers: stop using it (it is recreated when needed)."""
-        self._own_layers = [own for own in self._own_layers if own is not layer]
+        self._own_layers = [own for own in self._own_layers if not same_layer(own, layer)]
         for attr in ("points_layer", "boxes_layer", "current_layer", "auto_layer"):
-            if getattr(self, attr) is layer:
+            if same_layer(getattr(self, attr), layer):
                 setattr(self, attr, None)
 
     def _right_click_negative(self, layer: Any, event: Any) -> None:

@@ -29,8 +29,8 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QGroupBox, QScrollArea, QVBoxLayout, QWidget
 
 from ._actions import ActionsMixin
-from ._layer_setup import LayersMixin
-from ._layers import CommitRecord, ImageSource
+from ._layer_setup import LayersMixin, same_layer
+from ._layers import CommitRecord, ImageSource, guess_axis
 from ._session import AnnotatorSession
 from ._workers import JobHandle, start_job
 
@@ -158,7 +158,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self.checkpoint.changed.connect(self._on_model_changed)
         self.device.changed.connect(self._on_model_changed)
         self.image.changed.connect(self._on_image_changed)
-        self.axis.changed.connect(self._on_image_changed)
+        self.axis.changed.connect(self._on_axis_changed)
         self.channel.changed.connect(self._on_channel_changed)
         self.embed_button.changed.connect(self.compute_embeddings)
         self.cancel_button.changed.connect(self.cancel)
@@ -175,8 +175,8 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def _labels_layers(self, _: Any = None) -> list[Labels]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, Labels) and layer is not self.current_layer
-                and layer is not self.auto_layer]
+        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)
+                and not same_layer(layer, self.current_layer) and not same_layer(layer, self.auto_layer)]
 
     def _reset_layer_choices(self, event: Any = None) -> None:
         for layer in list(self._own_layers):
@@ -239,6 +239,12 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         layer = self.image.value
         is3d = layer is not None and not layer.rgb and layer.ndim == 3
         self.axis.visible = is3d
+        if is3d:
+            with self.axis.changed.blocked():
+                self.axis.value = guess_axis(layer.data.shape)
+        self._on_axis_changed()
+
+    def _on_axis_changed(self, _: Any = None) -> None:
         self._update_channel_choices()
         self._new_session()
 
@@ -249,8 +255,9 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
             choices += [(name, i) for i, name in enumerate("RGB")]
         elif layer is not None and layer.ndim == 3 and self.axis.value == "C":
             choices = [(f"channel {i}", i) for i in range(layer.data.shape[0])]
-        self.channel.choices = choices
-        self.channel.value = choices[0][1]
+        with self.channel.changed.blocked():
+            self.channel.choices = choices
+            self.channel.value = choices[0][1]
         self.channel.visible = len(choices) > 1
 
     def _on_channel_changed(self, _: Any = None) -> None:

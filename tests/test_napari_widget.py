@@ -1,0 +1,310 @@
+"""The annotator widget in a real napari viewer (Xvfb): clicks, commit/clear/undo, workers, keys.
+
+Wiring tests use the tiny random-weight model (fast; masks are arbitrary). Quality tests
+(`test_click_segments_the_cell_with_the_embedded_model`, ...) use the embedded default model.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from napari_helpers import click, iou, notifications, open_widget, press_key, tiny_model, wait_idle
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def cells(make_napari_viewer):
+    """A shown viewer with the 2-D sample (via the manifest) and the widget on the tiny model."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("sam-plugins", "cells-2d")
+    widget = open_widget(viewer)
+    widget.set_model(tiny_model(), "tiny")
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.reset_view()
+    return viewer, widget
+
+
+def cell_center(labels: np.ndarray, rank: int = 0) -> tuple[int, np.ndarray]:
+    """The (rank)-th largest ground-truth cell: its interior point (y, x) and mask."""
+    from scipy import ndimage as ndi
+
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    target = int(ids[np.argsort(-counts)[rank]])
+    mask = labels == target
+    dist = ndi.distance_transform_edt(mask)
+    return np.unravel_index(int(np.argmax(dist)), mask.shape), mask
+
+
+def test_widget_comes_from_the_manifest(cells):
+    viewer, widget = cells
+    from sam_plugins.napari._layer_setup import same_layer
+    from sam_plugins.napari._widget import AnnotatorWidget
+
+    assert isinstance(widget, AnnotatorWidget)
+    assert widget.image.value is viewer.layers["cells"]
+    for name in ("point prompts", "box prompts", "current object", "committed objects"):
+        assert name in viewer.layers
+    assert widget.current_layer.data.shape == viewer.layers["cells"].data.shape
+    assert same_layer(viewer.layers.selection.active, widget.points_layer)
+    assert widget.points_layer.mode == "add"
+    assert widget.model.value == "sam_cells"  # the embedded model is preselected
+
+
+def test_click_updates_preview_from_a_worker(cells, qtbot):
+    viewer, widget = cells
+    (y, x), _ = cell_center(viewer.layers["cells ground truth"].data)
+    click(qtbot, viewer, (y, x))
+    assert len(widget.points_layer.data) == 1
+    assert widget.points_layer.features["prompt"].tolist() == ["positive"]
+    assert np.allclose(widget.points_layer.data[0], (y, x), atol=1.0)
+    assert widget.job is not None and widget.job.name == "Computing embeddings"
+    wait_idle(qtbot, widget)
+    assert widget.job is None
+    assert widget.session.has_embedding(0)
+    assert widget.current_layer.data.max() >= 1 or "Score" in widget.status.value
+    # the encoder ran in a pool thread, not on the UI thread
+    # (the embedding job kept its thread id; a second click reuses the embedding synchronously)
+    click(qtbot, viewer, (y + 5, x + 5), button="right")
+    assert widget.job is None  # no new job: the decoder answers immediately
+    assert widget.points_layer.features["prompt"].tolist() == ["positive", "negative"]
+
+
+def test_encoder_runs_off_the_ui_thread(cells, qtbot):
+    viewer, widget = cells
+    main = threading.get_ident()
+    widget.add_point((100, 100))
+    job = widget.job
+    wait_idle(qtbot, widget)
+    assert job.thread_ids and job.thread_ids[0] != main
+    # the canvas kept answering while the job ran: the UI thread was never blocked
+    assert widget.session is not None and widget.session.has_embedding(0)
+
+
+def test_commit_keeps_existing_labels_and_undo(cells, qtbot):
+    viewer, widget = cells
+    shape = viewer.layers["cells"].data.shape
+    existing = np.zeros(shape, np.uint32)
+    existing[100:140, 100:140] = 5  # e.g. a Cellpose object
+    cellpose = viewer.add_labels(existing.copy(), name="cellpose")
+    widget.target.value = cellpose
+    viewer.layers.selection.active = widget.points_layer
+    widget.add_point((120, 120))
+    wait_idle(qtbot, widget)
+    preview = widget.current_layer.data.copy()
+    preview[110:160, 110:160] = 1  # make sure the object overlaps the existing one
+    widget.current_layer.data = preview
+    press_key(viewer, "c")  # with the prompts layer active
+    data = cellpose.data
+    assert set(np.unique(data)) == {0, 5, 6}
+    assert (data[100:140, 100:140] == 5).all()  # never overwritten
+    assert (data[141:160, 141:160] == 6).all()
+    assert len(widget.points_layer.data) == 0 and widget.current_layer.data.max() == 0
+    press_key(viewer, "u")
+    np.testing.assert_array_equal(cellpose.data, existing)
+    # overwrite on request
+    widget.overwrite.value = True
+    widget.current_layer.data = preview
+    widget.commit()
+    assert (cellpose.data[110:140, 110:140] == 6).all()
+
+
+def test_clear_and_toggle_keys(cells, qtbot):
+    viewer, widget = cells
+    widget.add_point((50, 50))
+    wait_idle(qtbot, widget)
+    press_key(viewer, "t")
+    assert widget.negative.value
+    widget.points_layer.add(np.array([[60.0, 60.0]]))
+    assert widget.points_layer.features["prompt"].tolist() == ["positive", "negative"]
+    press_key(viewer, "t")
+    assert not widget.negative.value
+    press_key(viewer, "Shift-C")
+    assert len(widget.points_layer.data) == 0 and widget.current_layer.data.max() == 0
+
+
+def test_keys_do_not_replace_napari_bindings(cells):
+    viewer, widget = cells
+    from napari.layers import Image, Labels, Points, Shapes
+    from napari.utils.shortcuts import _default_shortcuts
+
+    from sam_plugins.napari._widget import KEYS
+
+    napari_keys = {str(k) for combos in _default_shortcuts.values() for k in combos}
+    assert all(f"Key{key.upper()}" not in napari_keys or key == "c" for key in KEYS if len(key) == 1)
+    # 'C' is napari's auto-contrast on Image layers: we never bind on the image layer
+    image = viewer.layers["cells"]
+    assert "C" not in {str(k) for k in image.keymap}
+    for layer_type, layer in ((Points, widget.points_layer), (Shapes, widget.boxes_layer), (Labels, widget.current_layer)):
+        ours = {str(k) for k in layer.keymap}
+        theirs = {str(k) for k in layer_type.class_keymap}
+        assert not ours & theirs, (layer_type, ours & theirs)
+    assert isinstance(image, Image)
+
+
+def test_boxes_prompt_objects(cells, qtbot):
+    viewer, widget = cells
+    widget.add_point((10, 10))
+    wait_idle(qtbot, widget)
+    widget.clear()
+    widget.boxes_layer.add_rectangles(np.array([[40, 40], [90, 100]]))
+    widget.boxes_layer.add_rectangles(np.array([[200, 200], [260, 260]]))
+    assert widget.job is None
+    assert set(np.unique(widget.current_layer.data)) <= {0, 1, 2}
+    scores = widget.status.value.split("—")[0].removeprefix("Score").split(",")
+    assert len(scores) == 2 and all(np.isfinite(float(v)) for v in scores)
+
+
+def test_segment_everything_and_rethreshold(cells, qtbot):
+    viewer, widget = cells
+    widget.points_per_side.value = 4
+    widget.quality.value = widget.stability.value = 0.0
+    widget.min_area.value = 0
+    press_key(viewer, "Shift-E")
+    assert widget.job is not None and widget.job.name == "Segment everything"
+    wait_idle(qtbot, widget)
+    auto = viewer.layers["auto segmentation"]
+    n_all = len(np.unique(auto.data)) - 1
+    assert n_all >= 1
+    widget.quality.value = 1.0  # nothing passes; re-filtered without a model run
+    assert widget.job is None
+    assert auto.data.max() == 0
+    widget.quality.value = 0.0
+    assert len(np.unique(auto.data)) - 1 == n_all
+
+
+def test_cancel_stops_a_job(cells, qtbot):
+    viewer, widget = cells
+    widget.points_per_side.value = 32
+    widget.quality.value = 0.0
+    widget.segment_everything()
+    job = widget.job
+    widget.cancel_button.changed.emit(None)
+    wait_idle(qtbot, widget)
+    assert job.cancel_event.is_set()
+    assert "cancelled" in widget.status.value
+
+
+def test_bad_inputs_give_notifications(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    widget = open_widget(viewer)
+    widget.set_model(tiny_model(), "tiny")
+    before = len(notifications())
+    widget.segment_everything()
+    widget.commit()
+    widget.propagate()
+    messages = notifications()[before:]
+    assert any("image layer" in m for m in messages)
+    assert widget.job is None
+    viewer.add_image(np.zeros((2, 3, 32, 32), np.float32), name="4d")
+    assert any("4 dimensions" in m for m in notifications()[before:])
+    assert widget.session is None
+    viewer.add_image(np.random.default_rng(0).random((64, 64)), name="plane")
+    widget.image.value = viewer.layers["plane"]
+    wrong = viewer.add_labels(np.zeros((10, 10), np.uint32), name="small labels")
+    widget.target.value = wrong
+    widget.current_layer.data[10:20, 10:20] = 1
+    widget.commit()
+    assert any("shape" in m for m in notifications()[before:])
+    widget.propagate()
+    assert any("3-D stack" in m for m in notifications()[before:])
+
+
+def test_stack_geometry_and_propagation_wiring(make_napari_viewer, qtbot):
+    from sam_plugins.sample_data import nuclei_3d
+
+    image, labels = nuclei_3d((8, 96, 96))
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(image, name="stack", scale=(2.0, 0.5, 0.5), translate=(0, 10, 10))
+    widget = open_widget(viewer)
+    widget.set_model(tiny_model(), "tiny")
+    assert widget.points_layer.ndim == 3 and widget.current_layer.data.shape == image.shape
+    assert tuple(widget.current_layer.scale) == (2.0, 0.5, 0.5)
+    assert tuple(widget.current_layer.translate) == (0.0, 10.0, 10.0)
+    viewer.dims.set_point(0, layer.data_to_world([5, 0, 0])[0])
+    assert widget.current_plane() == 5
+    (y, x), _ = cell_center(labels[5])
+    widget.add_point((5, y, x))
+    wait_idle(qtbot, widget)
+    assert widget.session.has_embedding(5) and not widget.session.has_embedding(4)
+    widget.current_layer.data[5][labels[5] == labels[5, y, x]] = 1  # a clean start mask
+    widget.stop_iou.value = 0.0
+    widget.range_start.value, widget.range_end.value = 3, 7
+    press_key(viewer, "Shift-S")
+    assert widget.job is not None and widget.job.name == "Propagation"
+    wait_idle(qtbot, widget)
+    visited = [z for z in range(8) if widget.session.has_embedding(z)]
+    assert set(visited) <= set(range(3, 8)) and 4 in visited or 6 in visited
+    assert not widget.current_layer.data[:3].any()
+    assert "Propagated" in widget.status.value
+
+
+def test_channel_axis_and_rgb(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.random((3, 64, 80)).astype(np.float32), name="channels")
+    widget = open_widget(viewer)
+    widget.set_model(tiny_model(), "tiny")
+    assert widget.axis.value == "C" and not widget.channel.native.isHidden()
+    widget.channel.value = 2
+    source = widget.image_source()
+    assert not source.is_stack and source.channel == 2 and widget.current_layer.data.shape == (64, 80)
+    widget.add_point((30, 30))
+    wait_idle(qtbot, widget)
+    assert widget.session.has_embedding(0)
+    viewer.add_image((rng.random((40, 50, 3)) * 255).astype(np.uint8), name="rgb", rgb=True)
+    widget.image.value = viewer.layers["rgb"]
+    assert widget.current_layer.data.shape == (40, 50) and widget.points_layer.ndim == 2
+
+
+def test_annotate_opens_the_widget(make_napari_viewer):
+    import sam_plugins.napari as sn
+
+    viewer = make_napari_viewer(show=True)
+    widget = sn.annotate(np.zeros((64, 64), np.uint16), viewer=viewer, model=tiny_model(), name="blank")
+    assert widget.image.value is viewer.layers["blank"]
+    assert widget.session is not None and widget.session.model_name in ("tiny", "custom")
+
+
+def test_click_segments_the_cell_with_the_embedded_model(make_napari_viewer, qtbot):
+    """Quality: one click in a generated cell gives its mask (IoU >= 0.8), default model."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("sam-plugins", "cells-2d")
+    widget = open_widget(viewer)
+    viewer.window._qt_window.resize(1400, 900)
+    viewer.reset_view()
+    truth = viewer.layers["cells ground truth"].data
+    scores = []
+    for rank in (0, 3, 6):
+        (y, x), mask = cell_center(truth, rank)
+        click(qtbot, viewer, (y, x), layer=viewer.layers["cells"])
+        wait_idle(qtbot, widget, timeout=180_000)
+        scores.append(iou(widget.current_layer.data > 0, mask))
+        widget.commit()
+    assert min(scores) >= 0.8, scores
+    assert len(np.unique(widget.target.value.data)) == 4
+
+
+def test_propagation_covers_the_nucleus_with_the_embedded_model(make_napari_viewer, qtbot):
+    from sam_plugins.sample_data import nuclei_3d
+
+    image, labels = nuclei_3d()
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(image, name="nuclei")
+    widget = open_widget(viewer)
+    ids, counts = np.unique(labels[labels > 0], return_counts=True)
+    obj = labels == ids[np.argmax(counts)]
+    zs = np.nonzero(obj.any(axis=(1, 2)))[0]
+    z = int(zs[len(zs) // 2])
+    viewer.dims.set_point(0, z)
+    (y, x), _ = cell_center(obj[z].astype(np.int32))
+    widget.add_point((z, y, x))
+    wait_idle(qtbot, widget, timeout=180_000)
+    widget.propagate()
+    wait_idle(qtbot, widget, timeout=300_000)
+    got = widget.current_layer.data > 0
+    covered = set(np.nonzero(got.any(axis=(1, 2)))[0]) & set(zs.tolist())
+    assert len(covered) >= 0.8 * len(zs)
+    assert iou(got, obj) >= 0.7
