@@ -91,3 +91,93 @@ def import_segment_anything():
     import segment_anything
 
     return segment_anything
+
+
+# --- cv2 / pycocotools stand-ins (tests only) ------------------------------------------------
+# The official AMG imports cv2 for min_mask_region_area > 0 and pycocotools for coco_rle. When the
+# real packages are missing, these minimal stand-ins (written independently of sam_plugins) are used.
+
+
+def _connected_components_with_stats(image, connectivity=8):
+    """cv2.connectedComponentsWithStats; stats rows [x, y, w, h, area].
+
+    OpenCV's 8-connected labelling (Spaghetti/BBDT) scans 2x2 blocks, so labels are numbered in
+    the order of each component's first block (block row, then block column), not its first pixel.
+    """
+    from scipy import ndimage
+
+    structure = np.ones((3, 3), bool) if connectivity == 8 else None
+    labels, n = ndimage.label(np.asarray(image) != 0, structure=structure)
+    if n > 1:
+        rows, cols = np.indices(labels.shape)
+        block_key = (rows // 2) * (labels.shape[1] // 2 + 1) + cols // 2
+        first_block = ndimage.minimum(block_key, labels, np.arange(1, n + 1))
+        relabel = np.zeros(n + 1, dtype=labels.dtype)
+        relabel[1 + np.argsort(first_block, kind="stable")] = np.arange(1, n + 1)
+        labels = relabel[labels]
+    stats = np.zeros((n + 1, 5), dtype=np.int32)
+    centroids = np.zeros((n + 1, 2))
+    for lab in range(n + 1):
+        ys, xs = np.nonzero(labels == lab)
+        if len(ys):
+            stats[lab] = [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1, len(ys)]
+            centroids[lab] = [xs.mean(), ys.mean()]
+    return n + 1, labels.astype(np.int32), stats, centroids
+
+
+def _rle_to_string(counts):
+    """Literal transcription of pycocotools' rleToString (maskApi.c)."""
+    out = []
+    for i in range(len(counts)):
+        x = int(counts[i])
+        if i > 2:
+            x -= int(counts[i - 2])
+        more = 1
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            if c & 0x10:
+                more = x != -1
+            else:
+                more = x != 0
+            if more:
+                c |= 0x20
+            c += 48
+            out.append(chr(c))
+    return "".join(out).encode("ascii")
+
+
+def _fr_py_objects(pyobj, h, w):
+    if isinstance(pyobj, dict) and isinstance(pyobj.get("counts"), list):
+        return {"size": [h, w], "counts": _rle_to_string(pyobj["counts"])}
+    raise NotImplementedError("stand-in supports uncompressed RLE dicts only")
+
+
+def install_cv2_stand_in(force: bool = False) -> None:
+    """Provide `cv2.connectedComponentsWithStats` if OpenCV is not importable (or when forced)."""
+    if not force:
+        try:
+            import cv2  # noqa: F401
+
+            return
+        except ImportError:
+            pass
+    cv2 = types.ModuleType("cv2")
+    cv2._sam_plugins_stand_in = True
+    cv2.connectedComponentsWithStats = _connected_components_with_stats
+    sys.modules["cv2"] = cv2
+
+
+def install_pycocotools_stand_in() -> None:
+    """Provide `pycocotools.mask.frPyObjects` for uncompressed RLE if pycocotools is missing."""
+    try:
+        import pycocotools.mask  # noqa: F401
+
+        return
+    except ImportError:
+        pass
+    pkg = types.ModuleType("pycocotools")
+    mask = types.ModuleType("pycocotools.mask")
+    mask.frPyObjects = _fr_py_objects
+    pkg.mask = mask
+    sys.modules.update({"pycocotools": pkg, "pycocotools.mask": mask})

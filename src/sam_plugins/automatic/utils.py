@@ -290,5 +290,20 @@ def remove_small_regions(mask: np.ndarray, area_thresh: float, mode: str) -> tup
         fill[1:] = True
         fill[small] = False
         if not fill.any():
-            fill[int(np.argmax(sizes)) + 1] = True
+            fill[_largest_region(regions, sizes)] = True
     return fill[regions], True
+
+
+def _largest_region(regions: np.ndarray, sizes: np.ndarray) -> int:
+    """Label of the largest region; ties go to the region OpenCV numbers first.
+
+    OpenCV's 8-connected labelling scans 2x2 blocks, so its label order is the order of each
+    region's first block (block row, then block column).
+    """
+    tied = np.flatnonzero(sizes == sizes.max()) + 1
+    if len(tied) == 1:
+        return int(tied[0])
+    rows, cols = np.indices(regions.shape)
+    block_key = (rows // 2) * (regions.shape[1] // 2 + 1) + cols // 2
+    first_block = ndimage.minimum(block_key, regions, tied)
+    return int(tied[int(np.argmin(first_block))])
