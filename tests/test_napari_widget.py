@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 import pytest
+
 from napari_helpers import click, iou, notifications, open_widget, press_key, tiny_model, wait_idle
 
 pytestmark = pytest.mark.gui
@@ -137,7 +138,11 @@ def test_keys_do_not_replace_napari_bindings(cells):
     # 'C' is napari's auto-contrast on Image layers: we never bind on the image layer
     image = viewer.layers["cells"]
     assert "C" not in {str(k) for k in image.keymap}
-    for layer_type, layer in ((Points, widget.points_layer), (Shapes, widget.boxes_layer), (Labels, widget.current_layer)):
+    for layer_type, layer in (
+        (Points, widget.points_layer),
+        (Shapes, widget.boxes_layer),
+        (Labels, widget.current_layer),
+    ):
         ours = {str(k) for k in layer.keymap}
         theirs = {str(k) for k in layer_type.class_keymap}
         assert not ours & theirs, (layer_type, ours & theirs)
@@ -173,6 +178,17 @@ def test_segment_everything_and_rethreshold(cells, qtbot):
     assert auto.data.max() == 0
     widget.quality.value = 0.0
     assert len(np.unique(auto.data)) - 1 == n_all
+
+
+def test_click_during_a_long_job_is_used_afterwards(cells, qtbot):
+    viewer, widget = cells
+    widget.points_per_side.value = 4
+    widget.segment_everything()
+    widget.add_point((60, 60))
+    assert widget.job.name == "Segment everything" and widget._pending_plane == 0
+    wait_idle(qtbot, widget)  # then the embedding job for the click runs
+    assert widget.session.has_embedding(0)
+    assert widget.status.value.startswith("Score")
 
 
 def test_cancel_stops_a_job(cells, qtbot):

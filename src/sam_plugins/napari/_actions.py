@@ -55,7 +55,9 @@ class ActionsMixin:
         source = self.session.source if self.session else self.image_source()
         on = plane if source.is_stack else None
         points = self.points_layer
-        positive = points.features["prompt"].to_numpy() == "positive" if len(points.data) else np.zeros(0, bool)
+        positive = (
+            points.features["prompt"].to_numpy() == "positive" if len(points.data) else np.zeros(0, bool)
+        )
         xy, labels = points_on_plane(points.data, positive, on)
         boxes = boxes_on_plane(self.boxes_layer.data, on)
         return group_prompts(xy, labels, boxes)
@@ -107,17 +109,21 @@ class ActionsMixin:
             return
         objects = np.asarray(self.current_layer.data)
         if tuple(target.data.shape) != objects.shape:
-            show_error(f"Segment Anything: '{target.name}' has shape {tuple(target.data.shape)}, "
-                       f"the image needs {objects.shape}")
+            show_error(
+                f"Segment Anything: '{target.name}' has shape {tuple(target.data.shape)}, "
+                f"the image needs {objects.shape}"
+            )
             return
         try:
-            indices, values, record = plan_commit(np.asarray(target.data), objects, overwrite=self.overwrite.value)
+            indices, values, record = plan_commit(
+                np.asarray(target.data), objects, overwrite=self.overwrite.value
+            )
         except ValueError as err:
             show_warning(f"Segment Anything: {err}")
             return
         with target.block_history():
             target.data_setitem(indices, values)
-        self._undo = [*self._undo[-(MAX_UNDO - 1):], (target, record)]
+        self._undo = [*self._undo[-(MAX_UNDO - 1) :], (target, record)]
         self.clear()
         ids = ", ".join(str(i) for i in record.ids)
         self.status.value = f"Committed id {ids} to '{target.name}'. U undoes."
@@ -138,8 +144,12 @@ class ActionsMixin:
     # ------------------------------------------------------------------ segment everything
 
     def _auto_params(self) -> AutoParams:
-        return AutoParams(quality=self.quality.value, stability=self.stability.value,
-                          min_area=self.min_area.value, points_per_side=self.points_per_side.value)
+        return AutoParams(
+            quality=self.quality.value,
+            stability=self.stability.value,
+            min_area=self.min_area.value,
+            points_per_side=self.points_per_side.value,
+        )
 
     def segment_everything(self, _: Any = None) -> None:
         """Automatic masks for the shown plane into 'auto segmentation' (Shift-E), in a worker."""
@@ -169,7 +179,9 @@ class ActionsMixin:
         labels = self.session.threshold_everything(plane, self._auto_params())
         layer = self._auto_layer_for(self.session.source)
         self._show_plane(layer, plane, labels)
-        self.status.value = f"{len(np.unique(labels)) - 1} objects; change the thresholds to re-filter instantly."
+        self.status.value = (
+            f"{len(np.unique(labels)) - 1} objects; change the thresholds to re-filter instantly."
+        )
 
     def _rethreshold(self, _: Any = None) -> None:
         """Re-filter the stored automatic masks with the new thresholds (no model run)."""
@@ -213,8 +225,9 @@ class ActionsMixin:
             provider = session.provider_for_worker()
             reasons: dict[int, str] = {}
             for k in ids:
-                for step in iter_propagate(provider, source.data, plane, start == k, slice_range=(lo, hi),
-                                           stop=stop, cancel=cancel):
+                for step in iter_propagate(
+                    provider, source.data, plane, start == k, slice_range=(lo, hi), stop=stop, cancel=cancel
+                ):
                     report(step.done, step.total, (k, step))
                     if step.stop_reason:
                         reasons[k] = step.stop_reason

@@ -59,5 +59,9 @@ def read_labels(path: str) -> LayerData:
 
     z = zarr.open_array(str(path), mode="r")
     info = dict(z.attrs[MARKER])
-    kwargs = {"name": info.get("name", Path(path).stem), "scale": info.get("scale"), "translate": info.get("translate")}
+    kwargs = {
+        "name": info.get("name", Path(path).stem),
+        "scale": info.get("scale"),
+        "translate": info.get("translate"),
+    }
     return [(z, {k: v for k, v in kwargs.items() if v is not None}, "labels")]

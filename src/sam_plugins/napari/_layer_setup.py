@@ -61,13 +61,24 @@ class LayersMixin:
         )
         size = max(3.0, min(source.plane_shape) / 60)
         self.boxes_layer = self.viewer.add_shapes(
-            name=BOXES_NAME, ndim=ndim, face_color="transparent", edge_color="lime",
-            edge_width=max(1.0, size / 4), **geometry
+            name=BOXES_NAME,
+            ndim=ndim,
+            face_color="transparent",
+            edge_color="lime",
+            edge_width=max(1.0, size / 4),
+            **geometry,
         )
         self.points_layer = self.viewer.add_points(
-            np.zeros((0, ndim)), ndim=ndim, name=POINTS_NAME, size=size,
-            features={"prompt": np.array([], dtype=object)}, feature_defaults={"prompt": "positive"},
-            face_color="prompt", face_color_cycle=PROMPT_COLORS, border_color="white", **geometry
+            np.zeros((0, ndim)),
+            ndim=ndim,
+            name=POINTS_NAME,
+            size=size,
+            features={"prompt": np.array([], dtype=object)},
+            feature_defaults={"prompt": "positive"},
+            face_color="prompt",
+            face_color_cycle=PROMPT_COLORS,
+            border_color="white",
+            **geometry,
         )
         self._own_layers += [self.current_layer, self.boxes_layer, self.points_layer]
         self.points_layer.mouse_drag_callbacks.insert(0, self._right_click_negative)
@@ -87,7 +98,11 @@ class LayersMixin:
         target = self.target.value
         if target is not None and tuple(target.data.shape) == source.labels_shape:
             return
-        fitting = [layer for layer in self.target.choices if layer is not None and tuple(layer.data.shape) == source.labels_shape]
+        fitting = [
+            layer
+            for layer in self.target.choices
+            if layer is not None and tuple(layer.data.shape) == source.labels_shape
+        ]
         named = [layer for layer in fitting if layer.name == COMMITTED_NAME]
         if named:
             self.target.value = named[0]

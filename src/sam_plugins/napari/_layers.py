@@ -42,9 +42,9 @@ class ImageSource:
         ndim = len(data.shape) - (1 if rgb else 0)
         if ndim not in (2, 3):
             raise ValueError(
-                f"'{layer.name}' has {ndim} dimensions {tuple(data.shape)}: the annotator takes 2-D images and "
-                "3-D stacks (Z, Y, X) or time series (T, Y, X). Split channels first (right-click the layer "
-                "> Split Stack) or select one time point."
+                f"'{layer.name}' has {ndim} dimensions {tuple(data.shape)}: the annotator takes 2-D "
+                "images and 3-D stacks (Z, Y, X) or time series (T, Y, X). Split channels first "
+                "(right-click the layer > Split Stack) or select one time point."
             )
         if axis is None:
             axis = guess_axis(data.shape, rgb)
@@ -66,7 +66,11 @@ class ImageSource:
         """Same pixels for SAM: the same array object (by identity) read the same way."""
         if not isinstance(other, ImageSource):
             return NotImplemented
-        return self.data is other.data and (self.rgb, self.axis, self.channel) == (other.rgb, other.axis, other.channel)
+        return self.data is other.data and (self.rgb, self.axis, self.channel) == (
+            other.rgb,
+            other.axis,
+            other.channel,
+        )
 
     __hash__ = object.__hash__
 
@@ -187,7 +191,12 @@ def group_prompts(points_xy: np.ndarray, labels: np.ndarray, boxes: list[np.ndar
         return [] if obj.empty else [obj]
     owner = np.full(len(points_xy), len(boxes) - 1)
     for i, (x0, y0, x1, y1) in reversed(list(enumerate(boxes))):
-        inside = (points_xy[:, 0] >= x0) & (points_xy[:, 0] <= x1) & (points_xy[:, 1] >= y0) & (points_xy[:, 1] <= y1)
+        inside = (
+            (points_xy[:, 0] >= x0)
+            & (points_xy[:, 0] <= x1)
+            & (points_xy[:, 1] >= y0)
+            & (points_xy[:, 1] <= y1)
+        )
         owner[inside] = i
     return [
         ObjectPrompts(points_xy[owner == i].astype(np.float32), labels[owner == i].astype(np.int32), box)

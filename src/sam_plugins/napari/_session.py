@@ -35,7 +35,9 @@ def embedding_cache_dir() -> Path | None:
     return cache_dir() / "embeddings"
 
 
-def tiling_for(plane_shape: tuple[int, int], model_input: int) -> tuple[tuple[int, int], tuple[int, int]] | None:
+def tiling_for(
+    plane_shape: tuple[int, int], model_input: int
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """(tile shape, halo) when a plane is too large to encode at once (long side > 1.5 x model
     input): tiles plus halo are exactly one model input, so no tile is downscaled."""
     if max(plane_shape) <= 1.5 * model_input:
@@ -103,9 +105,7 @@ class AnnotatorSession:
         with self._lock:
             return plane in self._embeddings
 
-    def compute_embedding(
-        self, plane: int, progress: Callable[[int, int], None] | None = None
-    ) -> Any:
+    def compute_embedding(self, plane: int, progress: Callable[[int, int], None] | None = None) -> Any:
         """Embedding of plane `plane` (ImageEmbedding, or TiledEmbeddings for large planes):
         from this session, else the cache (memory, then disk), else the encoder. Thread-safe."""
         with self._lock:
@@ -115,7 +115,9 @@ class AnnotatorSession:
         predictor = _new_predictor(self.model)
         image = self.source.model_input(plane)
         tile, halo = self.tiling if self.tiling else (None, (0, 0))
-        embedding = self.cache.get_or_compute(predictor, image, tile_shape=tile, halo=halo, progress_callback=progress)
+        embedding = self.cache.get_or_compute(
+            predictor, image, tile_shape=tile, halo=halo, progress_callback=progress
+        )
         with self._lock:
             self._embeddings[plane] = embedding
         return embedding
@@ -152,7 +154,9 @@ class AnnotatorSession:
         for key in [k for k in self._logits if plane is None or k[0] == plane]:
             del self._logits[key]
 
-    def segment(self, plane: int, objects: list[ObjectPrompts], refine: bool = True) -> tuple[np.ndarray, list[float]]:
+    def segment(
+        self, plane: int, objects: list[ObjectPrompts], refine: bool = True
+    ) -> tuple[np.ndarray, list[float]]:
         """Masks for the prompted objects on `plane`: an (Y, X) uint16 image (object k = k + 1)
         and the model's score for each. With `refine`, each object's previous low-res logits go
         back in as `mask_input`, so extra points correct the last mask instead of starting over."""
@@ -166,7 +170,9 @@ class AnnotatorSession:
             tile = None
             if tiled:
                 points = obj.points if len(obj.labels) else None
-                tile = predictor.tiled_predictor.route(points, obj.labels if len(obj.labels) else None, obj.box).index
+                tile = predictor.tiled_predictor.route(
+                    points, obj.labels if len(obj.labels) else None, obj.box
+                ).index
             previous = self._logits.get((plane, k)) if refine else None
             logits = previous[0] if previous is not None and previous[1] == tile else None
             has_points = len(obj.labels) > 0

@@ -26,6 +26,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QGroupBox, QScrollArea, QVBoxLayout, QWidget
 
 from ._actions import ActionsMixin
@@ -38,8 +39,14 @@ if TYPE_CHECKING:
     import napari
 
 CHECKPOINT_CHOICE = "checkpoint file…"
-KEYS = {"c": "commit", "Shift-C": "clear", "t": "toggle_polarity", "u": "undo_commit",
-        "Shift-E": "segment_everything", "Shift-S": "propagate"}
+KEYS = {
+    "c": "commit",
+    "Shift-C": "clear",
+    "t": "toggle_polarity",
+    "u": "undo_commit",
+    "Shift-E": "segment_everything",
+    "Shift-S": "propagate",
+}
 
 
 def _model_choices() -> list[str]:
@@ -103,54 +110,122 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         from ..models.builtin import EMBEDDED_MODEL_NAME
 
         default = EMBEDDED_MODEL_NAME if EMBEDDED_MODEL_NAME in models else models[0]
-        self.model = ComboBox(label="Model", choices=models, value=default,
-                              tooltip="The embedded model works offline; vit_b/l/h are downloaded once.")
-        self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth *.ckpt *.bin", visible=False)
+        self.model = ComboBox(
+            label="Model",
+            choices=models,
+            value=default,
+            tooltip="The embedded model works offline; vit_b/l/h are downloaded once.",
+        )
+        self.checkpoint = FileEdit(
+            label="Checkpoint", mode="r", filter="*.pt *.pth *.ckpt *.bin", visible=False
+        )
         self.device = ComboBox(label="Device", choices=_device_choices(), value="auto")
         self.image = ComboBox(label="Image", choices=self._image_layers, nullable=True)
-        self.axis = ComboBox(label="First axis", choices=["Z", "T", "C"], value="Z", visible=False,
-                             tooltip="Z: 3-D stack, T: time series, C: channels (pick one below)")
+        self.axis = ComboBox(
+            label="First axis",
+            choices=["Z", "T", "C"],
+            value="Z",
+            visible=False,
+            tooltip="Z: 3-D stack, T: time series, C: channels (pick one below)",
+        )
         self.channel = ComboBox(label="Channel", choices=[("all", -1)], value=-1, visible=False)
         self.embed_button = PushButton(text="Compute embeddings")
         self.progress = ProgressBar(label="Progress", value=0, max=1, visible=False)
         self.cancel_button = PushButton(text="Cancel", visible=False)
         self.status = Label(value="Select an image, then click on an object.")
-        self.negative = CheckBox(text="Negative points (T; or right click)")
-        self.target = ComboBox(label="Commit to", choices=self._labels_layers, nullable=True,
-                               tooltip="Any Labels layer, e.g. Cellpose or StarDist output")
+        self.negative = CheckBox(text="Negative points (T, or right click)")
+        self.target = ComboBox(
+            label="Commit to",
+            choices=self._labels_layers,
+            nullable=True,
+            tooltip="Any Labels layer, e.g. Cellpose or StarDist output",
+        )
         self.overwrite = CheckBox(text="Overwrite existing labels", value=False)
         self.commit_button = PushButton(text="Commit (C)")
         self.clear_button = PushButton(text="Clear (Shift-C)")
         self.undo_button = PushButton(text="Undo commit (U)")
-        self.points_per_side = SpinBox(label="Points per side", min=4, max=128, value=32,
-                                       tooltip="Grid of prompts; more finds smaller objects, slower")
-        self.quality = FloatSpinBox(label="Min quality", min=0.0, max=1.0, step=0.02, value=0.86,
-                                    tooltip="The model's own IoU estimate; lower keeps more objects")
-        self.stability = FloatSpinBox(label="Min stability", min=0.0, max=1.0, step=0.02, value=0.9,
-                                      tooltip="Drop masks whose outline depends on the threshold")
+        self.points_per_side = SpinBox(
+            label="Points per side",
+            min=4,
+            max=128,
+            value=32,
+            tooltip="Grid of prompts; more finds smaller objects, slower",
+        )
+        self.quality = FloatSpinBox(
+            label="Min quality",
+            min=0.0,
+            max=1.0,
+            step=0.02,
+            value=0.86,
+            tooltip="The model's own IoU estimate; lower keeps more objects",
+        )
+        self.stability = FloatSpinBox(
+            label="Min stability",
+            min=0.0,
+            max=1.0,
+            step=0.02,
+            value=0.9,
+            tooltip="Drop masks whose outline depends on the threshold",
+        )
         self.min_area = SpinBox(label="Min area (px)", min=0, max=1_000_000, value=20)
         self.auto_button = PushButton(text="Segment everything (Shift-E)")
         self.range_start = SpinBox(label="First slice", min=0, max=0, value=0)
         self.range_end = SpinBox(label="Last slice", min=0, max=0, value=0)
-        self.stop_iou = FloatSpinBox(label="Stop at IoU <", min=0.0, max=1.0, step=0.05, value=0.5,
-                                     tooltip="Stop when a slice's mask overlaps the previous one less")
+        self.stop_iou = FloatSpinBox(
+            label="Stop at IoU <",
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            value=0.5,
+            tooltip="Stop when a slice's mask overlaps the previous one less",
+        )
         self.propagate_button = PushButton(text="Propagate through stack (Shift-S)")
 
         content = QWidget()
         layout = QVBoxLayout(content)
         layout.addWidget(_group("Model", self.model, self.checkpoint, self.device))
-        layout.addWidget(_group("Image", self.image, self.axis, self.channel, self.embed_button,
-                                self.progress, self.cancel_button, self.status))
-        layout.addWidget(_group("Interactive", self.negative, self.target, self.overwrite,
-                                self.commit_button, self.clear_button, self.undo_button))
-        layout.addWidget(_group("Segment everything", self.points_per_side, self.quality, self.stability,
-                                self.min_area, self.auto_button))
-        self.volume_box = _group("3-D / time", self.range_start, self.range_end, self.stop_iou,
-                                 self.propagate_button)
+        layout.addWidget(
+            _group(
+                "Image",
+                self.image,
+                self.axis,
+                self.channel,
+                self.embed_button,
+                self.progress,
+                self.cancel_button,
+            )
+        )
+        layout.addWidget(self.status.native)
+        layout.addWidget(
+            _group(
+                "Interactive",
+                self.negative,
+                self.target,
+                self.overwrite,
+                self.commit_button,
+                self.clear_button,
+                self.undo_button,
+            )
+        )
+        layout.addWidget(
+            _group(
+                "Segment everything",
+                self.points_per_side,
+                self.quality,
+                self.stability,
+                self.min_area,
+                self.auto_button,
+            )
+        )
+        self.volume_box = _group(
+            "3-D / time", self.range_start, self.range_end, self.stop_iou, self.propagate_button
+        )
         layout.addWidget(self.volume_box)
         layout.addStretch(1)
+        self.status.native.setWordWrap(True)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(content)
         QVBoxLayout(self).addWidget(scroll)
 
@@ -175,8 +250,13 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def _labels_layers(self, _: Any = None) -> list[Labels]:
-        return [layer for layer in self.viewer.layers if isinstance(layer, Labels)
-                and not same_layer(layer, self.current_layer) and not same_layer(layer, self.auto_layer)]
+        return [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Labels)
+            and not same_layer(layer, self.current_layer)
+            and not same_layer(layer, self.auto_layer)
+        ]
 
     def _reset_layer_choices(self, event: Any = None) -> None:
         for layer in list(self._own_layers):
@@ -325,18 +405,24 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
             self.progress.visible = self.cancel_button.visible = False
             if self.job is handle:
                 self.job = None
+            if self._pending_plane is not None and self.job is None:  # a click came in meanwhile
+                plane, self._pending_plane = self._pending_plane, None
+                self.update_prediction(plane)
 
         def failed(message: str) -> None:
+            self._pending_plane = None  # do not retry a failing job in a loop
             self.status.value = message
             show_error(f"Segment Anything: {message}")
 
-        handle = start_job(job, name=name, on_progress=progress, on_done=on_done, on_error=failed,
-                           on_finished=finished)
+        handle = start_job(
+            job, name=name, on_progress=progress, on_done=on_done, on_error=failed, on_finished=finished
+        )
         self.job = handle
         return handle
 
     def cancel(self, _: Any = None) -> None:
         """Stop the running job at its next step."""
+        self._pending_plane = None
         if self.job is not None and self.job.running:
             self.job.cancel()
             self.status.value = f"Cancelling '{self.job.name}'…"
@@ -385,8 +471,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
             show_error(f"Segment Anything: {err}")
             return None
         if planes is None:
-            planes = (list(range(self.range_start.value, self.range_end.value + 1)) if source.is_stack
-                      else [0])
+            planes = list(range(self.range_start.value, self.range_end.value + 1)) if source.is_stack else [0]
 
         key = self._requested_model()
 
@@ -426,4 +511,3 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
             self._updating = False
         if self.session is not None:
             self.session.reset_refinement()
-
