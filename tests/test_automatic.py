@@ -13,14 +13,14 @@ import threading
 import numpy as np
 import pytest
 import torch
+from skimage import data
+
 from reference import (
     _connected_components_with_stats,
     import_segment_anything,
     install_cv2_stand_in,
     install_pycocotools_stand_in,
 )
-from skimage import data
-
 from sam_plugins.automatic import (
     AmgCancelled,
     SamAutomaticMaskGenerator,
@@ -63,14 +63,28 @@ def assert_records_equal(ref: list[dict], got: list[dict]) -> None:
 
 
 PARITY_CASES = {
-    "lowered_thresholds": dict(points_per_side=8, pred_iou_thresh=0.2, stability_score_thresh=0.3,
-                               stability_score_offset=0.05),
-    "no_nms_all_candidates": dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                                  box_nms_thresh=1.0),
-    "crop_layers": dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=0.95,
-                        crop_n_layers=1, crop_nms_thresh=0.95, crop_n_points_downscale_factor=2),
-    "min_region_area": dict(points_per_side=8, pred_iou_thresh=0.25, stability_score_thresh=0.0,
-                            box_nms_thresh=1.0, min_mask_region_area=40),
+    "lowered_thresholds": dict(
+        points_per_side=8, pred_iou_thresh=0.2, stability_score_thresh=0.3, stability_score_offset=0.05
+    ),
+    "no_nms_all_candidates": dict(
+        points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0
+    ),
+    "crop_layers": dict(
+        points_per_side=6,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=0.95,
+        crop_n_layers=1,
+        crop_nms_thresh=0.95,
+        crop_n_points_downscale_factor=2,
+    ),
+    "min_region_area": dict(
+        points_per_side=8,
+        pred_iou_thresh=0.25,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        min_mask_region_area=40,
+    ),
 }
 
 
@@ -88,8 +102,13 @@ def test_amg_matches_official(amg_pair, case):
 @pytest.mark.parametrize("mode", ["binary_mask", "uncompressed_rle", "coco_rle"])
 def test_amg_output_modes_match_official(amg_pair, mode):
     sa, official, ours = amg_pair
-    kwargs = dict(points_per_side=4, pred_iou_thresh=0.1, stability_score_thresh=0.0, box_nms_thresh=1.0,
-                  output_mode=mode)
+    kwargs = dict(
+        points_per_side=4,
+        pred_iou_thresh=0.1,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        output_mode=mode,
+    )
     ref = sa.SamAutomaticMaskGenerator(official, **kwargs).generate(IMAGE)
     got = SamAutomaticMaskGenerator(ours, **kwargs).generate(IMAGE)
     assert len(ref) > 3
@@ -201,8 +220,10 @@ def test_nms_matches_reference():
     boxes = torch.cat([xy, xy + wh], 1).float()
     scores = torch.rand(300, generator=gen).round(decimals=1)  # ties exercise the stable sort
     for thr in (0.0, 0.3, 0.7, 1.0):
-        assert torch.equal(batched_nms(boxes, scores, torch.zeros(300), thr),
-                           _batched_nms(boxes, scores, torch.zeros(300), thr))
+        assert torch.equal(
+            batched_nms(boxes, scores, torch.zeros(300), thr),
+            _batched_nms(boxes, scores, torch.zeros(300), thr),
+        )
 
 
 def test_remove_small_regions_matches_opencv_semantics():
@@ -240,7 +261,7 @@ def test_cv2_stand_in_matches_opencv():
         pytest.skip("real OpenCV not installed")
     for seed in range(30):
         rng = np.random.default_rng(seed)
-        img = (rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) > rng.uniform(0.2, 0.9))
+        img = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) > rng.uniform(0.2, 0.9)
         n, labels, stats, _ = cv2.connectedComponentsWithStats(img.astype(np.uint8), 8)
         n2, labels2, stats2, _ = _connected_components_with_stats(img.astype(np.uint8), 8)
         assert n == n2 and np.array_equal(labels, labels2) and np.array_equal(stats, stats2)

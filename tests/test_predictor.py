@@ -5,24 +5,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from reference import import_segment_anything
 from skimage import data
 
+from reference import import_segment_anything
 from sam_plugins.images import prepare_image
 from sam_plugins.predictor import ResizeLongestSide, SamPredictor
 
 NATURAL = np.ascontiguousarray(data.astronaut()[::3, ::2][:150, :200])
 # A 16-bit microscopy-like image: a natural image scaled into 12 bits with an offset, plus noise.
 _rng = np.random.default_rng(0)
-SIXTEEN_BIT = (data.camera()[::4, ::3][:120, :170].astype(np.uint16) * 13 + 900
-               + _rng.integers(0, 40, (120, 170))).astype(np.uint16)
+SIXTEEN_BIT = (
+    data.camera()[::4, ::3][:120, :170].astype(np.uint16) * 13 + 900 + _rng.integers(0, 40, (120, 170))
+).astype(np.uint16)
 
 PROMPTS = {
     "point": dict(point_coords=np.array([[60.0, 70.0]]), point_labels=np.array([1])),
     "points_fg_bg": dict(point_coords=np.array([[60.0, 70.0], [120.0, 20.0]]), point_labels=np.array([1, 0])),
     "box": dict(box=np.array([30.0, 20.0, 140.0, 110.0]), multimask_output=False),
-    "box_and_points": dict(point_coords=np.array([[60.0, 70.0]]), point_labels=np.array([0]),
-                           box=np.array([30.0, 20.0, 140.0, 110.0])),
+    "box_and_points": dict(
+        point_coords=np.array([[60.0, 70.0]]),
+        point_labels=np.array([0]),
+        box=np.array([30.0, 20.0, 140.0, 110.0]),
+    ),
 }
 
 
@@ -67,8 +71,10 @@ def test_predict_torch_batched_boxes(predictors):
     official, ours = predictors
     official.set_image(NATURAL)
     ours.set_image(NATURAL)
-    boxes = torch.tensor([[10, 10, 80, 90], [50, 30, 190, 140], [0, 0, 199, 149], [100, 60, 120, 80],
-                          [5, 100, 60, 149]], dtype=torch.float)
+    boxes = torch.tensor(
+        [[10, 10, 80, 90], [50, 30, 190, 140], [0, 0, 199, 149], [100, 60, 120, 80], [5, 100, 60, 149]],
+        dtype=torch.float,
+    )
     tb_ref = official.transform.apply_boxes_torch(boxes, NATURAL.shape[:2])
     tb = ours.transform.apply_boxes_torch(boxes, NATURAL.shape[:2])
     assert torch.equal(tb, tb_ref)
@@ -89,8 +95,10 @@ def test_repeated_prompts_are_identical_and_follow_the_image(predictors):
     other = np.ascontiguousarray(NATURAL[::-1])
     ours.set_image(other)
     official.set_image(other)
-    assert_outputs_close(official.predict(**PROMPTS["point"], return_logits=True),
-                         ours.predict(**PROMPTS["point"], return_logits=True))
+    assert_outputs_close(
+        official.predict(**PROMPTS["point"], return_logits=True),
+        ours.predict(**PROMPTS["point"], return_logits=True),
+    )
 
 
 def test_resize_is_the_official_one(predictors):
@@ -101,8 +109,10 @@ def test_resize_is_the_official_one(predictors):
         img = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
         assert np.array_equal(ResizeLongestSide(256).apply_image(img), Official(256).apply_image(img))
         coords = np.array([[3.5, 7.25], [shape[1], shape[0]]])
-        assert np.array_equal(ResizeLongestSide(256).apply_coords(coords, shape[:2]),
-                              Official(256).apply_coords(coords, shape[:2]))
+        assert np.array_equal(
+            ResizeLongestSide(256).apply_coords(coords, shape[:2]),
+            Official(256).apply_coords(coords, shape[:2]),
+        )
     del sa
 
 
@@ -126,7 +136,10 @@ def test_bgr_and_state(predictors):
     "kwargs, match",
     [
         (dict(point_coords=np.array([[10.0, 10.0]])), "point_labels"),
-        (dict(point_coords=np.array([[10.0, 10.0], [5.0, 5.0]]), point_labels=np.array([1])), "one label per point"),
+        (
+            dict(point_coords=np.array([[10.0, 10.0], [5.0, 5.0]]), point_labels=np.array([1])),
+            "one label",
+        ),
         (dict(point_coords=np.array([[250.0, 10.0]]), point_labels=np.array([1])), "outside the image"),
         (dict(point_coords=np.array([[-1.0, 10.0]]), point_labels=np.array([1])), "outside the image"),
         (dict(point_coords=np.array([[10.0, np.nan]]), point_labels=np.array([1])), "NaN"),

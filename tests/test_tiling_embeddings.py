@@ -123,6 +123,9 @@ def test_cache_memory_and_disk(predictor, tmp_path, monkeypatch):
     assert len(calls) == 2
     tiled = cache.get_or_compute(predictor, IMAGE, tile_shape=(128, 128), halo=(16, 16))
     assert isinstance(tiled, TiledEmbeddings) and len(calls) == 2 + 4
-    keys = {EmbeddingCache.key(IMAGE, predictor.model), EmbeddingCache.key(IMAGE, predictor.model, (128, 128), (16, 16)),
-            EmbeddingCache.key(IMAGE, build_sam(TINY))}
+    keys = {
+        EmbeddingCache.key(IMAGE, predictor.model),
+        EmbeddingCache.key(IMAGE, predictor.model, (128, 128), (16, 16)),
+        EmbeddingCache.key(IMAGE, build_sam(TINY)),
+    }
     assert len(keys) == 3
