@@ -5,9 +5,10 @@ microscopes produce into that, with one documented rule:
 
 * **Layout.** 2-D arrays are grayscale. 3-D arrays have one channel axis: the axis given as
   ``channel_axis``, else the last axis if it has 3 or 4 entries or is the smallest axis with at most
-  16 entries, else the first axis if it is the smallest with at most 16 entries. One channel -> grayscale; 3 -> RGB; 4 -> RGBA (alpha
-  dropped); any other count needs ``channel=`` to pick one channel. ``channel=`` can also pick a
-  single channel of an RGB(A) image. Grayscale is repeated into the three RGB channels.
+  16 entries, else the first axis if it is the smallest with at most 16 entries. One channel ->
+  grayscale; 3 -> RGB; 4 -> RGBA (alpha dropped); any other count needs ``channel=`` to pick one
+  channel. ``channel=`` can also pick a single channel of an RGB(A) image. Grayscale is repeated
+  into the three RGB channels.
 * **Intensities.** ``uint8`` data is used unchanged (so RGB ``uint8`` images give exactly the
   official SAM result). ``bool`` becomes 0/255. Every other dtype (uint16, int, float) is mapped
   with a robust percentile normalisation: ``lo, hi`` = the ``percentiles`` (default 1 % and

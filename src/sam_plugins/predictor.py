@@ -144,7 +144,8 @@ class SamPredictor:
         expected = (1, pe.embed_dim, *pe.image_embedding_size)
         if tuple(embedding.features.shape) != expected:
             raise ValueError(
-                f"Embedding shape {tuple(embedding.features.shape)} does not fit this model (expected {expected})."
+                f"Embedding shape {tuple(embedding.features.shape)} does not fit this model "
+                f"(expected {expected})."
             )
         if not torch.isfinite(embedding.features).all():
             raise ValueError("The embedding contains NaN or infinite values.")
@@ -185,7 +186,8 @@ class SamPredictor:
         labels = np.asarray(point_labels)
         if labels.ndim != 1 or len(labels) != len(coords):
             raise ValueError(
-                f"point_labels must have one label per point: {len(coords)} points but labels of shape {labels.shape}."
+                f"point_labels must have one label per point: {len(coords)} points but labels of shape "
+                f"{labels.shape}."
             )
         if not np.isin(labels, (-1, 0, 1)).all():
             raise ValueError(

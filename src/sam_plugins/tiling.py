@@ -223,7 +223,8 @@ class TiledPredictor:
             )
             if not inside.all():
                 warnings.warn(
-                    f"{int((~inside).sum())} point(s) lie outside tile {tile.index} (with halo) and are ignored; "
+                    f"{int((~inside).sum())} point(s) lie outside tile {tile.index} (with halo) "
+                    "and are ignored; "
                     "increase the halo to use them.",
                     stacklevel=2,
                 )

@@ -66,7 +66,7 @@ class CropCandidates:
 
 @dataclass
 class AmgState:
-    """Everything the cheap filtering stage needs; produced by :meth:`~SamAutomaticMaskGenerator.initialize`."""
+    """Everything the cheap filtering stage needs (made by ``SamAutomaticMaskGenerator.initialize``)."""
 
     image_size: tuple[int, int]
     crops: list[CropCandidates]

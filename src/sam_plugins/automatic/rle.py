@@ -47,7 +47,7 @@ def masks_to_rle_counts(masks: torch.Tensor) -> list[np.ndarray]:
     runs_np = runs.cpu().numpy()
     splits = np.cumsum(runs_per_mask.cpu().numpy())[:-1]
     out = []
-    for first, counts in zip(starts_with_one, np.split(runs_np, splits)):
+    for first, counts in zip(starts_with_one, np.split(runs_np, splits), strict=True):
         out.append(np.concatenate([[0], counts]) if first else counts)
     return out
 
@@ -75,7 +75,8 @@ def area_from_rle(rle: dict[str, Any]) -> int:
 
 
 def counts_to_string(counts) -> str:
-    """pycocotools ``rleToString``: LEB128-like, 5 data bits per char (+48), delta vs counts[i-2] for i > 2."""
+    """pycocotools ``rleToString``: LEB128-like, 5 data bits per char (+48),
+    delta against counts[i-2] for i > 2."""
     counts = [int(c) for c in counts]
     chars: list[str] = []
     append = chars.append

@@ -82,7 +82,7 @@ class MaskData:
             elif isinstance(v, np.ndarray):
                 self._stats[k] = v[keep_np]
             elif keep_np.dtype == bool:
-                self._stats[k] = [a for a, kept in zip(v, keep_np) if kept]
+                self._stats[k] = [a for a, kept in zip(v, keep_np, strict=True) if kept]
             else:
                 self._stats[k] = [v[int(i)] for i in keep_np]
 

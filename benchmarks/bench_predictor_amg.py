@@ -1,0 +1,121 @@
+"""Predictor per-click latency and automatic mask generation: ours vs the official package.
+
+One command, both measured in the same process on the same image with the same random vit_b weights:
+
+    python benchmarks/bench_predictor_amg.py            # full: 32x32 grid (~3-6 min on 2 cores)
+    python benchmarks/bench_predictor_amg.py --quick    # 8x8 grid, fewer repeats
+
+Prints the per-click latency (prompt encoder + decoder + mask postprocessing for one point, via
+``predict``) and the end-to-end AMG time with default settings, each with the ratio official/ours,
+and checks that both generators return the same masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from skimage import data  # noqa: E402
+
+from conftest import build_official, randomize_  # noqa: E402
+from reference import import_segment_anything  # noqa: E402
+from sam_plugins.automatic import SamAutomaticMaskGenerator  # noqa: E402
+from sam_plugins.models.configs import OFFICIAL_CONFIGS, build_sam  # noqa: E402
+from sam_plugins.predictor import SamPredictor  # noqa: E402
+
+
+def timed(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="8x8 point grid and fewer click repeats")
+    parser.add_argument("--model", default="vit_b", choices=sorted(OFFICIAL_CONFIGS))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clicks", type=int, default=None, help="click repeats (default 30, quick 10)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    sa = import_segment_anything()
+    config = OFFICIAL_CONFIGS[args.model]
+    official = randomize_(build_official(config), seed=0)
+    ours = build_sam(config)
+    ours.load_state_dict(official.state_dict(), strict=True)
+    image = data.astronaut()  # 512 x 512 RGB
+    points_per_side = 8 if args.quick else 32
+    clicks = args.clicks or (10 if args.quick else 30)
+    print(
+        f"model {args.model}, image {image.shape}, threads {args.threads}, "
+        f"grid {points_per_side}x{points_per_side}"
+    )
+
+    with torch.inference_mode():
+        po, pn = sa.SamPredictor(official), SamPredictor(ours)
+        t_enc_off = timed(lambda: po.set_image(image), 1)[0]
+        t_enc_ours = timed(lambda: pn.set_image(image), 1)[0]
+        print(f"set_image (encoder): official {t_enc_off:.2f} s, ours {t_enc_ours:.2f} s")
+        rng = np.random.default_rng(0)
+        points = rng.uniform(0, 511, (clicks, 2))
+        lat = {}
+        for name, pred in (("official", po), ("ours", pn)):
+            pred.predict(point_coords=points[:1], point_labels=np.array([1]))  # warm-up
+            it = iter(points)
+            lat[name] = timed(
+                lambda p=pred, it=it: p.predict(point_coords=next(it)[None], point_labels=np.array([1])),
+                clicks,
+            )
+        m_off, m_ours = statistics.median(lat["official"]), statistics.median(lat["ours"])
+        print(
+            f"per-click latency (median of {clicks}): official {m_off * 1e3:.1f} ms, "
+            f"ours {m_ours * 1e3:.1f} ms"
+            f"  -> speed-up {m_off / m_ours:.2f}x (min {min(lat['official']) * 1e3:.1f} / "
+            f"{min(lat['ours']) * 1e3:.1f} ms)"
+        )
+        a = po.predict(point_coords=points[:1], point_labels=np.array([1]), return_logits=True)
+        b = pn.predict(point_coords=points[:1], point_labels=np.array([1]), return_logits=True)
+        print(
+            f"  click outputs max |diff|: logits {np.abs(a[0] - b[0]).max():.2e}, "
+            f"iou {np.abs(a[1] - b[1]).max():.2e}"
+        )
+
+        amg_off = sa.SamAutomaticMaskGenerator(
+            official, points_per_side=points_per_side, output_mode="uncompressed_rle"
+        )
+        amg_ours = SamAutomaticMaskGenerator(
+            ours, points_per_side=points_per_side, output_mode="uncompressed_rle"
+        )
+        t0 = time.perf_counter()
+        rec_off = amg_off.generate(image)
+        t_off = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rec_ours = amg_ours.generate(image)
+        t_ours = time.perf_counter() - t0
+    same = len(rec_off) == len(rec_ours) and all(
+        x["segmentation"] == y["segmentation"] for x, y in zip(rec_off, rec_ours, strict=True)
+    )
+    print(
+        f"AMG end to end (defaults): official {t_off:.1f} s, ours {t_ours:.1f} s "
+        f"-> speed-up {t_off / t_ours:.2f}x"
+    )
+    print(f"  masks: official {len(rec_off)}, ours {len(rec_ours)}, identical: {same}")
+    print(f"RATIOS per_click={m_off / m_ours:.2f}x amg={t_off / t_ours:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
