@@ -46,7 +46,8 @@ def make_dataset(fo, folder: Path, model: str | None):
         for idx in np.unique(s.labels)[1:]:
             ys, xs = np.nonzero(s.labels == idx)
             x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-            dets.append(fo.Detection(label="nucleus", bounding_box=[x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h]))
+            box = [x0 / w, y0 / h, (x1 - x0) / w, (y1 - y0) / h]
+            dets.append(fo.Detection(label="nucleus", bounding_box=box))
         samples.append(fo.Sample(filepath=str(path), ground_truth=fo.Detections(detections=dets)))
     dataset = fo.Dataset("sam-plugins-demo", overwrite=True)
     dataset.add_samples(samples)
