@@ -40,16 +40,16 @@ def timed(fn, x: torch.Tensor) -> tuple[float, torch.Tensor]:
 
 
 def peak_memory_child(model_type: str, which: str) -> None:
-    """Run one forward of one encoder and print its peak RSS growth in MB (in a subprocess)."""
-    official, ours = build_pair(model_type)
-    encoder = official if which == "official" else ours
-    del official, ours
-    x = torch.randn(1, 3, encoder.img_size, encoder.img_size)
-    import gc
+    """Build one encoder only, run one forward, print peak RSS and the forward's share (in MB)."""
+    from conftest import build_official, randomize_
+    from sam_plugins.models.configs import OFFICIAL_CONFIGS, build_sam
 
-    gc.collect()
+    config = OFFICIAL_CONFIGS[model_type]
+    model = build_official(config) if which == "official" else build_sam(config)
+    encoder = randomize_(model).image_encoder
+    x = torch.randn(1, 3, encoder.img_size, encoder.img_size)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is a high-water mark: measure the growth caused by the forward pass alone.
+    # ru_maxrss is a high-water mark: the growth during the forward is the forward's own memory.
     with torch.inference_mode():
         encoder(x)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
