@@ -161,35 +161,48 @@ class ActionsMixin:
             return
         params, key = self._auto_params(), self._requested_model()
 
-        def job(report: Any, cancel: Any) -> tuple[AnnotatorSession, bool]:
+        def job(report: Any, cancel: Any) -> tuple[AnnotatorSession, np.ndarray | None]:
             session = self._session_in_worker(source, key)
-            return session, session.segment_everything(plane, params, progress=report, cancel=cancel.is_set)
+            if not session.segment_everything(plane, params, progress=report, cancel=cancel.is_set):
+                return session, None
+            return session, session.threshold_everything(plane, params)
 
-        def done(result: tuple[AnnotatorSession, bool]) -> None:
-            session, finished = result
+        def done(result: tuple[AnnotatorSession, np.ndarray | None]) -> None:
+            session, labels = result
             self._adopt(session)
-            if not finished:
+            if labels is None:
                 self.status.value = "Segment everything was cancelled."
             elif self.session is session:
-                self._show_auto(plane)
+                self._show_auto(plane, labels)
 
         self._run("Segment everything", job, done)
 
-    def _show_auto(self, plane: int) -> None:
-        labels = self.session.threshold_everything(plane, self._auto_params())
+    def _show_auto(self, plane: int, labels: np.ndarray) -> None:
         layer = self._auto_layer_for(self.session.source)
         self._show_plane(layer, plane, labels)
-        self.status.value = (
-            f"{len(np.unique(labels)) - 1} objects; change the thresholds to re-filter instantly."
-        )
+        self.status.value = f"{len(np.unique(labels)) - 1} objects; change the thresholds to re-filter."
 
     def _rethreshold(self, _: Any = None) -> None:
-        """Re-filter the stored automatic masks with the new thresholds (no model run)."""
+        """Thresholds changed: re-filter the stored candidates shortly after (debounced)."""
+        self._rethreshold_timer.start(150)
+
+    def _start_rethreshold(self) -> None:
+        """Re-filter the stored automatic masks with the current thresholds, in a worker (no model run)."""
         if self.session is None or self.auto_layer is None:
             return
         plane = self.current_plane()
-        if self.session.has_auto_records(plane):
-            self._show_auto(plane)
+        if not self.session.has_auto_records(plane):
+            return
+        if self.job is not None and self.job.running:
+            self._rethreshold_timer.start(150)  # try again when the running job is done
+            return
+        session, params = self.session, self._auto_params()
+
+        def done(labels: np.ndarray) -> None:
+            if self.session is session:
+                self._show_auto(plane, labels)
+
+        self._run("Re-filtering", lambda report, cancel: session.threshold_everything(plane, params), done)
 
     # ------------------------------------------------------------------ 3-D / time propagation
 

@@ -26,7 +26,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image, Labels, Points, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QGroupBox, QScrollArea, QVBoxLayout, QWidget
 
 from ._actions import ActionsMixin
@@ -242,6 +242,9 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self.clear_button.changed.connect(self.clear)
         self.undo_button.changed.connect(self.undo_commit)
         self.auto_button.changed.connect(self.segment_everything)
+        self._rethreshold_timer = QTimer(self)
+        self._rethreshold_timer.setSingleShot(True)
+        self._rethreshold_timer.timeout.connect(self._start_rethreshold)
         for w in (self.quality, self.stability, self.min_area):
             w.changed.connect(self._rethreshold)
         self.propagate_button.changed.connect(self.propagate)
