@@ -231,7 +231,12 @@ def _render_objects(
         n_nuc = int(rng.uniform(0, 1.0) * area / (np.pi * r0**2) * 3 * rng.random())
         nucleoli = spot_field(rng, (h, w), n_nuc, max(0.8, r0 * rng.uniform(0.08, 0.18)))
         texture = texture + rng.uniform(0, 0.8) * speck - rng.uniform(0, 0.5) * np.minimum(nucleoli, 1.5)
-        signal = _lut(bright)[lab] * profile * np.clip(texture, 0.05, None)
+        body = profile * np.clip(texture, 0.05, None)
+        if rng.random() < 0.15:  # nuclear-envelope / lamina-like bright rim
+            depth = (1.0 - np.where(inside, dist, 1.0)) * _lut(lay["radius"])[lab]
+            body = body + rng.uniform(0.3, 1.2) * np.exp(-((depth / rng.uniform(1.0, 2.5)) ** 2)) * inside
+            mode = "nuclei-rim"
+        signal = _lut(bright)[lab] * body
     else:
         mode = _choice(rng, {"cytoplasm": 0.55, "membrane": 0.2, "mixed": 0.25})
         # the nucleus: an ellipse near (not at) the cell centre, brighter or darker than the cytoplasm
