@@ -26,7 +26,9 @@ def wait_idle(qtbot: Any, widget: Any, timeout: int = 60_000) -> None:
     qtbot.waitUntil(lambda: widget.job is None, timeout=timeout)
 
 
-def click(qtbot: Any, viewer: Any, data_yx: tuple[float, float], button: str = "left", layer: Any = None) -> None:
+def click(
+    qtbot: Any, viewer: Any, data_yx: tuple[float, float], button: str = "left", layer: Any = None
+) -> None:
     """A real mouse click on the canvas at image pixel (y, x) of `layer` (needs a shown viewer)."""
     from qtpy.QtCore import QPoint, Qt
 
@@ -46,7 +48,7 @@ def press_key(viewer: Any, key: str) -> None:
 
     modifiers = []
     if key.startswith("Shift-"):
-        modifiers, key = [keys.SHIFT], key[len("Shift-"):]
+        modifiers, key = [keys.SHIFT], key[len("Shift-") :]
     canvas = viewer.window._qt_viewer.canvas._scene_canvas
     canvas.events.key_press(key=keys.Key(key.upper()), modifiers=modifiers, text=key)
     canvas.events.key_release(key=keys.Key(key.upper()), modifiers=modifiers, text=key)

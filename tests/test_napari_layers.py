@@ -20,9 +20,14 @@ from sam_plugins.napari._layers import (
 
 def fake_layer(data, rgb=False, scale=None, translate=None, name="img"):
     ndim = len(data.shape) - (1 if rgb else 0)
-    return SimpleNamespace(data=data, rgb=rgb, multiscale=False, name=name,
-                           scale=np.ones(ndim) if scale is None else np.asarray(scale),
-                           translate=np.zeros(ndim) if translate is None else np.asarray(translate))
+    return SimpleNamespace(
+        data=data,
+        rgb=rgb,
+        multiscale=False,
+        name=name,
+        scale=np.ones(ndim) if scale is None else np.asarray(scale),
+        translate=np.zeros(ndim) if translate is None else np.asarray(translate),
+    )
 
 
 class PlaneOnly:
@@ -189,8 +194,12 @@ def test_session_embeds_refines_and_rethresholds(tmp_path, monkeypatch):
     assert again.cache.hits == 1
 
     assert session.segment_everything(0, AutoParams(points_per_side=4))
-    loose = session.threshold_everything(0, AutoParams(quality=-10, stability=0, min_area=0, points_per_side=4))
-    strict = session.threshold_everything(0, AutoParams(quality=10, stability=0, min_area=0, points_per_side=4))
+    loose = session.threshold_everything(
+        0, AutoParams(quality=-10, stability=0, min_area=0, points_per_side=4)
+    )
+    strict = session.threshold_everything(
+        0, AutoParams(quality=10, stability=0, min_area=0, points_per_side=4)
+    )
     assert loose.dtype == np.uint32 and loose.max() >= 1 and strict.max() == 0
     assert not session.segment_everything(0, AutoParams(points_per_side=4), cancel=lambda: True)
 
@@ -198,5 +207,7 @@ def test_session_embeds_refines_and_rethresholds(tmp_path, monkeypatch):
     big = AnnotatorSession(model, ImageSource.from_layer(fake_layer(np.zeros((300, 700), np.uint8))))
     assert big.tiling is not None
     big.compute_embedding(0)
-    tiled_mask, _ = big.segment(0, [ObjectPrompts(np.array([[650, 250]], np.float32), np.array([1], np.int32))])
+    tiled_mask, _ = big.segment(
+        0, [ObjectPrompts(np.array([[650, 250]], np.float32), np.array([1], np.int32))]
+    )
     assert tiled_mask.shape == (300, 700)

@@ -24,7 +24,9 @@ def test_manifest_is_valid_and_shipped_in_the_package():
     assert manifest.name == "sam-plugins"
     assert [w.display_name for w in manifest.contributions.widgets] == ["Segment Anything"]
     assert {s.key for s in manifest.contributions.sample_data} == {"cells-2d", "nuclei-3d"}
-    out = subprocess.run([sys.executable, "-m", "npe2", "validate", "sam-plugins"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "npe2", "validate", "sam-plugins"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and "valid" in out.stdout
 
 

@@ -46,10 +46,24 @@ class OraclePredictor:
         self.z = z
         return self
 
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True,
-                return_logits=False):
-        self.calls.append({"z": self.z, "points": point_coords, "box": box, "mask_input": mask_input,
-                           "multimask": multimask_output})
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output=True,
+        return_logits=False,
+    ):
+        self.calls.append(
+            {
+                "z": self.z,
+                "points": point_coords,
+                "box": box,
+                "mask_input": mask_input,
+                "multimask": multimask_output,
+            }
+        )
         plane = self.labels[self.z]
         label = 0
         if point_coords is not None:
@@ -68,7 +82,9 @@ class OraclePredictor:
 def test_propagates_both_ways_until_the_object_ends():
     labels = ellipsoid_volume()
     oracle = OraclePredictor(labels)
-    result = propagate(oracle.at, labels, 10, labels[10] == 1, stop=StopCriteria(0, min_area=1, max_area_change=0))
+    result = propagate(
+        oracle.at, labels, 10, labels[10] == 1, stop=StopCriteria(0, min_area=1, max_area_change=0)
+    )
     true_slices = sorted(set(np.nonzero(labels == 1)[0].tolist()))
     assert result.slices == true_slices == list(range(5, 16))
     assert mask_iou(result.mask, labels == 1) == 1.0
@@ -100,13 +116,21 @@ def test_stops_on_low_iou_when_another_object_follows():
     labels[9:15][:, np.hypot(yy - 27, xx - 27) <= 8] = 2
     assert (labels[9] == 2).any() and not (labels[9] == 1).any()
     oracle = OraclePredictor(labels)
-    result = propagate(oracle.at, labels, 5, labels[5] == 1, prompt="box", stop=StopCriteria(iou_threshold=0.5))
+    result = propagate(
+        oracle.at, labels, 5, labels[5] == 1, prompt="box", stop=StopCriteria(iou_threshold=0.5)
+    )
     assert result.slices == [2, 3, 4, 5, 6, 7, 8]
     assert result.stop_reasons["up"].startswith("IoU")
     assert not result.mask[9:].any()
     # with the IoU check off, the walk jumps onto object 2
-    loose = propagate(oracle.at, labels, 5, labels[5] == 1, prompt="box",
-                      stop=StopCriteria(iou_threshold=0, max_area_change=0))
+    loose = propagate(
+        oracle.at,
+        labels,
+        5,
+        labels[5] == 1,
+        prompt="box",
+        stop=StopCriteria(iou_threshold=0, max_area_change=0),
+    )
     assert loose.mask[10].any()
 
 
@@ -155,7 +179,7 @@ def test_progress_cancel_and_streaming():
     oracle = OraclePredictor(labels)
     ticks: list[tuple[int, int]] = []
     propagate(oracle.at, labels, 10, labels[10] == 1, progress=lambda d, t: ticks.append((d, t)))
-    assert ticks[0] == (1, 20) and all(a[0] <= b[0] for a, b in zip(ticks, ticks[1:]))
+    assert ticks[0] == (1, 20) and all(a[0] <= b[0] for a, b in zip(ticks, ticks[1:], strict=False))
 
     cancel = threading.Event()
     steps: list[PlaneStep] = []

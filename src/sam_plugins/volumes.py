@@ -232,7 +232,11 @@ def iter_propagate(
         raise ValueError("the start mask is empty: segment the object in the start slice first")
     provider = _as_provider(predictor_or_provider, volume, channel)
     directions = {"both": ("down", "up"), "up": ("up",), "down": ("down",)}[direction]
-    total = 1 + (start_slice - lo if "down" in directions else 0) + (hi - start_slice if "up" in directions else 0)
+    total = (
+        1
+        + (start_slice - lo if "down" in directions else 0)
+        + (hi - start_slice if "up" in directions else 0)
+    )
     done = 1
     yield PlaneStep(start_slice, start_mask, 1.0, "start", done=done, total=total)
     for way in directions:
@@ -255,7 +259,9 @@ def iter_propagate(
             prev, logits = mask, new_logits
             z += step
         else:
-            yield PlaneStep(z - step, None, 0.0, way, stop_reason="end of slice range", done=done, total=total)
+            yield PlaneStep(
+                z - step, None, 0.0, way, stop_reason="end of slice range", done=done, total=total
+            )
 
 
 def propagate(
