@@ -227,6 +227,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(content)
+        self.setMinimumWidth(content.sizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 8)
         QVBoxLayout(self).addWidget(scroll)
 
         self.model.changed.connect(self._on_model_changed)
