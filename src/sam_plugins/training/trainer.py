@@ -38,6 +38,7 @@ class TrainConfig:
     model_config: dict = field(default_factory=dict)
     init_checkpoint: str | None = None
     init: str = "vit"  # from-scratch initialisation: "vit" (truncated normal, sin-cos positions) or "torch"
+    init_qk_gain: float = 2.0  # > 0: decoder attention starts with tied q/k projections (0 = off)
     # data: "synthetic" (sam_plugins.training.synthetic) or "folder" (images_dir + labels_dir)
     data: str = "synthetic"
     synthetic: dict = field(default_factory=dict)
@@ -126,7 +127,8 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
             raise ValueError("model_config cannot change the architecture of init_checkpoint")
     else:
         model = build_sam(config.sam_config())
-        init_weights(model, torch.Generator().manual_seed(config.seed), scheme=config.init)
+        init_weights(model, torch.Generator().manual_seed(config.seed), scheme=config.init,
+                     qk_gain=config.init_qk_gain)
     return model
 
 
@@ -303,9 +305,35 @@ def _sincos_2d(grid: int, dim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_weights(model: torch.nn.Module, generator: torch.Generator, scheme: str = "vit") -> None:
-    """From-scratch initialisation. "vit": linear layers truncated normal (std 0.02), zero biases,
-    unit norms, a 2-D sin-cos absolute position table; "torch": PyTorch defaults, zero positions."""
+def tie_query_key(decoder: torch.nn.Module, generator: torch.Generator, gain: float) -> None:
+    """Start every decoder attention with q_proj = k_proj = gain * (a random semi-orthogonal map).
+
+    The prompt tokens and the image positions carry the same random-Fourier position encoding,
+    whose dot product peaks where the positions coincide. With tied projections q.k keeps that
+    kernel, so from step 0 a point token attends to the image around it and the image around it
+    to the token: the decoder starts localised instead of having to discover locality, which is
+    what keeps a from-scratch run on the all-background plateau.
+    """
+    for module in decoder.modules():
+        q, k = getattr(module, "q_proj", None), getattr(module, "k_proj", None)
+        if isinstance(q, torch.nn.Linear) and isinstance(k, torch.nn.Linear):
+            weight = torch.empty_like(q.weight)
+            torch.nn.init.orthogonal_(weight, gain=gain, generator=generator)
+            q.weight.copy_(weight)
+            k.weight.copy_(weight)
+            q.bias.zero_()
+            k.bias.zero_()
+
+
+@torch.no_grad()
+def init_weights(
+    model: torch.nn.Module, generator: torch.Generator, scheme: str = "vit", qk_gain: float = 0.0
+) -> None:
+    """From-scratch initialisation. "vit": encoder linear layers truncated normal (std 0.02), decoder
+    linear layers Xavier-uniform (its MLPs have no residual path, small weights starve them), zero
+    biases, unit norms, a 2-D sin-cos absolute position table; "torch": PyTorch defaults.
+    qk_gain > 0 also starts the decoder's attention with tied query/key projections
+    (see `tie_query_key`)."""
     if scheme == "torch":
         return
     if scheme != "vit":
@@ -318,6 +346,11 @@ def init_weights(model: torch.nn.Module, generator: torch.Generator, scheme: str
         elif isinstance(module, torch.nn.LayerNorm):
             module.weight.fill_(1.0)
             module.bias.zero_()
+    for module in model.mask_decoder.modules():  # no residual stream there: keep signal gain ~1
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight, generator=generator)
+    if qk_gain > 0:
+        tie_query_key(model.mask_decoder, generator, qk_gain)
     enc = model.image_encoder
     if enc.pos_embed is not None:
         enc.pos_embed.copy_(_sincos_2d(enc.pos_embed.shape[1], enc.pos_embed.shape[-1]))
