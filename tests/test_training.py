@@ -272,6 +272,13 @@ def test_train_resume_from_config(tmp_path: Path):
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert ckpt["meta"]["step"] == 6
+    from sam_plugins.training.cli import learning_curve
+
+    rows = learning_curve(path.parent / "log.jsonl", every=4)
+    assert [r["step"] for r in rows] == [4]
+    losses = [r["loss"] for r in records if "loss" in r]
+    assert rows[0]["loss"] == pytest.approx((losses[0] + losses[1]) / 2)
+    assert "val_box_miou" in rows[0]
 
 
 def test_finetune_save_reload_round_trip(tmp_path: Path):

@@ -19,6 +19,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
+    c = subparsers.add_parser("train-curve", help="print the learning curve of a training run",
+                              description="Table of a run's log.jsonl: training losses averaged per "
+                              "window, and the validation mIoUs.")
+    c.add_argument("run_dir", help="the run folder (holds log.jsonl)")
+    c.add_argument("--every", type=int, default=100, help="steps per row (default 100)")
+    c.set_defaults(func=_run_curve)
+
     f = subparsers.add_parser("finetune", help="fine-tune a model on a folder of images and instance labels",
                               description="Fine-tune SAM on your images and instance label images "
                               "(tif/png; 2-D, or 3-D stacks used slice by slice).")
@@ -87,4 +94,39 @@ def _run_finetune(args: argparse.Namespace) -> int:
         out = out.with_suffix(".pt")
     shutil.copyfile(path, out)
     print(out)
+    return 0
+
+
+def learning_curve(log_path: str | Path, every: int = 100) -> list[dict[str, float]]:
+    """Rows every `every` steps: training loss/dice/IoU averaged since the previous row, and the
+    latest validation mIoUs logged so far."""
+    import json
+
+    rows: list[dict[str, float]] = []
+    window: list[dict[str, float]] = []
+    val: dict[str, float] = {}
+    for line in Path(log_path).read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            window.append(rec)
+        else:
+            val = {k: v for k, v in rec.items() if k.startswith("val_")}
+        if "loss" in rec and rec["step"] % every == 0:
+            keys = ("loss", "dice", "focal", "iou_first", "iou_last", "sec_per_step")
+            row = {"step": window[-1]["step"], **{k: sum(w[k] for w in window) / len(window) for k in keys}}
+            rows.append({**row, **val})
+            window = []
+    return rows
+
+
+def _run_curve(args: argparse.Namespace) -> int:
+    path = Path(args.run_dir) / "log.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"no log.jsonl in {args.run_dir}")
+    rows = learning_curve(path, args.every)
+    cols = ["step", "loss", "dice", "iou_first", "iou_last", "sec_per_step",
+            "val_point_miou", "val_box_miou", "val_click3_miou"]
+    print(" ".join(f"{c:>14}" for c in cols))
+    for row in rows:
+        print(" ".join(f"{row[c]:>14.4g}" if c in row else f"{'-':>14}" for c in cols))
     return 0
