@@ -267,6 +267,8 @@ def test_train_resume_from_config(tmp_path: Path):
     records = [json.loads(line) for line in (path.parent / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4]
     assert any("val_point_miou" in r for r in records)
+    with (path.parent / "log.jsonl").open("a") as f:  # a step logged after the last checkpoint
+        f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n")
     path = train(TrainConfig.from_dict({**data, "steps": 6}), resume=True, log=lambda s: None)
     records = [json.loads(line) for line in (path.parent / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]

@@ -462,6 +462,9 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         log(f"resuming {run_dir} at step {start}")
+        if log_path.exists():  # drop records of steps after the checkpoint: they are redone
+            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= start]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
     elif log_path.exists():
         log_path.unlink()
     (run_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
