@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from ..automatic.rle import mask_to_rle_pytorch, rle_to_mask
 
 MODES = ("automatic", "boxes", "points")
 
@@ -160,21 +163,8 @@ def label_image(instances: list[Instance], shape: tuple[int, int], dtype: type =
 
 
 def encode_rle(mask: np.ndarray) -> dict:
-    """COCO uncompressed RLE of a 2-D boolean mask: column-major run lengths, zeros first."""
-    h, w = mask.shape
-    flat = np.asarray(mask, dtype=bool).ravel(order="F")
-    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate([[0], change, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0]:
-        counts = [0, *counts]
-    return {"size": [int(h), int(w)], "counts": [int(c) for c in counts]}
+    """COCO uncompressed RLE of one 2-D boolean mask (the automatic generator's encoding)."""
+    return mask_to_rle_pytorch(torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))[None])[0]
 
 
-def decode_rle(rle: dict) -> np.ndarray:
-    """Inverse of `encode_rle`."""
-    h, w = rle["size"]
-    values = np.zeros(len(rle["counts"]), dtype=bool)
-    values[1::2] = True
-    flat = np.repeat(values, rle["counts"])
-    return flat.reshape((w, h)).T.copy()
+decode_rle = rle_to_mask
