@@ -193,13 +193,17 @@ def split_dataset(
 def draw_examples(
     source: Sequence, rng: np.random.Generator, n: int, config: TrainConfig, image_size: int, augment: bool
 ) -> list[TrainExample]:
-    """`n` prepared examples with at least one object each (a few retries per empty crop)."""
+    """`n` prepared examples with at least one object each (a few retries per empty crop).
+
+    With augmentation items are drawn at random; without (validation) they are taken in order.
+    """
     aug = AugmentConfig(**config.augment) if augment else None
     out: list[TrainExample] = []
-    for _ in range(50 * n):
+    for attempt in range(50 * n):
         if len(out) == n:
             break
-        image, labels = as_pair(source[int(rng.integers(len(source)))])
+        index = int(rng.integers(len(source))) if augment else attempt % len(source)
+        image, labels = as_pair(source[index])
         ex = make_example(image, labels, rng, image_size=image_size, crop_size=config.crop_size,
                           max_objects=config.objects_per_image, min_area=config.min_area, augment=aug,
                           channel=config.channel)
