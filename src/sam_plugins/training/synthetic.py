@@ -215,7 +215,22 @@ def _render_objects(
     tex_amp = np.where(lay["mitotic"], tex_amp + 0.25, tex_amp)
     lab = labels
     d2 = np.where(inside, dist, 1.0) ** 2
-    profile = np.power(np.clip(1.0 - d2, 0.0, 1.0), _lut(gamma)[lab])
+    # brightness left at the outline: annotators draw nuclei where the blurred edge falls to
+    # ~30-45 % of the plateau, so nuclei keep most of their brightness up to the outline; whole
+    # cells thin out towards a dim periphery that still belongs to the cell
+    edge = rng.uniform(0.15, 0.6) if kind == "cells" else rng.uniform(0.55, 0.9)
+    edge = np.clip(edge + rng.normal(0, 0.05, n), 0.05, 0.95)
+    dome = np.power(np.clip(1.0 - d2, 0.0, 1.0), _lut(gamma)[lab])
+    profile = np.where(inside, _lut(edge)[lab] + (1.0 - _lut(edge)[lab]) * dome, 0.0)
+    # one side of an object brighter than the other (shape in z, uneven staining)
+    tilt = rng.uniform(0.0, 0.35) * rng.uniform(0.0, 1.0, n)
+    if n and tilt.max() > 0.02:
+        t_ang = rng.uniform(0, 2 * np.pi, n)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        ramp = (xx - _lut(lay["cx"])[lab]) * _lut(np.cos(t_ang))[lab]
+        ramp += (yy - _lut(lay["cy"])[lab]) * _lut(np.sin(t_ang))[lab]
+        ramp /= np.maximum(_lut(lay["radius"])[lab], 1.0)
+        profile = profile * np.clip(1.0 + _lut(tilt)[lab] * ramp, 0.2, 2.0)
 
     # texture: fine grain + coarser chromatin / cytoplasm structure
     fine = smooth_noise(rng, (h, w), rng.uniform(0.6, 1.6))
@@ -354,6 +369,9 @@ def _camera(
     counts = rng.poisson(np.clip(expected, 0, None) * (photons / max(ref, 1e-9))).astype(np.float32)
     adu = offset + counts * np.float32(span / photons)
     adu += rng.standard_normal(adu.shape, dtype=np.float32) * np.float32(read)
+    if rng.random() < 0.2:  # hot pixels of the camera sensor
+        hot = rng.integers(0, adu.size, size=int(adu.size * rng.uniform(1e-5, 2e-4)))
+        adu.reshape(-1)[hot] += np.float32(rng.uniform(0.2, 1.0) * full)
     img = np.clip(np.round(adu), 0, full).astype(dtype)
     return img, {
         "bit_depth": bits,
