@@ -149,6 +149,9 @@ class SamAutomaticMaskGenerator:
         self.progress_callback = progress_callback
         #: Candidate masks upsampled at once (bounds the memory of the full-size logits).
         self.upsample_batch = 16
+        #: Prompts whose fast-path IoUs all lie below pred_iou_thresh by more than this are dropped
+        #: without the exact decoder (fast vs exact IoU differ by ~1e-6; see ``fast_decoder``).
+        self.iou_screen_margin = 1e-4
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -287,7 +290,22 @@ class SamAutomaticMaskGenerator:
         lows, ious, pts = [], [], []
         for start in range(0, len(points), chunk):
             part = slice(start, start + chunk)
-            iou_all, tokens, src = decoder.predict_tokens(features, image_pe, sparse[part], dense[part])
+            part_points, part_sparse, part_dense = points[part], sparse[part], dense[part]
+            if pred_iou_floor > 0 and decoder.uses_fast_path():
+                # Screen on the fast path (IoU token only), then recompute the candidates, and any within
+                # float noise of the floor, on the exact path: the kept set and values are the official ones.
+                screen = decoder.predict_ious(features, image_pe, part_sparse, part_dense)[:, 1:]
+                cand = (screen > pred_iou_floor - self.iou_screen_margin).any(dim=1)
+                if not bool(cand.any()):
+                    continue
+                if not bool(cand.all()):
+                    idx = cand.nonzero().squeeze(1)
+                    part_points, part_sparse = part_points[idx.numpy()], part_sparse[idx]
+                    # a dense embedding broadcast over the batch stays a broadcast (shared image side)
+                    part_dense = part_dense[: len(idx)] if part_dense.stride(0) == 0 else part_dense[idx]
+            iou_all, tokens, src = decoder.predict_tokens(
+                features, image_pe, part_sparse, part_dense, exact=True
+            )
             iou = iou_all[:, 1:]  # multimask output: mask tokens 1..3
             need = (
                 (iou > pred_iou_floor).any(dim=1)
@@ -299,7 +317,7 @@ class SamAutomaticMaskGenerator:
             low = decoder.masks_from_tokens(tokens[need], src[need], features.shape[-2:])[:, 1:]
             lows.append(low.flatten(0, 1))
             ious.append(iou[need].flatten(0, 1))
-            pts.append(np.repeat(points[part][need.cpu().numpy()], low.shape[1], axis=0))
+            pts.append(np.repeat(part_points[need.cpu().numpy()], low.shape[1], axis=0))
         empty = MaskData(
             iou_preds=torch.zeros(0),
             stability_score=torch.zeros(0),

@@ -7,6 +7,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .common import LayerNorm2d
+from .fast_decoder import ImageSide, fast_transformer, prepare_image_side, same_bits, version_or_none
 
 
 class MaskDecoder(nn.Module):
@@ -43,6 +44,15 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
+        self._side_cache: tuple | None = None
+
+    #: With grad disabled, the transformer runs reassociated (``fast_decoder``): same outputs to float
+    #: rounding (~1e-6), several times fewer operations. False, or ``exact=True``, runs the plain path.
+    fast_inference: bool = True
+
+    def uses_fast_path(self, exact: bool = False) -> bool:
+        """Whether a call now takes the reassociated inference path."""
+        return self.fast_inference and not exact and not torch.is_grad_enabled()
 
     def forward(
         self,
@@ -113,27 +123,105 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        *,
+        exact: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the transformer: IoU predictions (B, T), mask-token outputs (B, T, C), image tokens (B, hw, C).
 
         The masks themselves (the costly upscaling) come from :meth:`masks_from_tokens`, so callers
-        can skip them for prompts whose predicted IoU they discard.
+        can skip them for prompts whose predicted IoU they discard. ``exact``: the plain path, whose
+        results equal the official decoder's bit for bit, even with grad disabled.
         """
+        tokens = self._tokens(sparse_prompt_embeddings)
+        dense = self._shared_dense(dense_prompt_embeddings)
+        if self.uses_fast_path(exact):
+            side = self._image_side(image_embeddings, image_pe, dense, tokens.shape[0])
+            hs, src = fast_transformer(self.transformer, side, tokens)
+        else:
+            # The image side stays at batch 1 while it is the same for every prompt (no mask input):
+            # the first transformer block then computes its image projections once.
+            src = self._check_batch(image_embeddings + dense, tokens.shape[0])
+            hs, src = self.transformer(src, image_pe, tokens)
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])
+        return iou_pred, hs[:, 1 : (1 + self.num_mask_tokens), :], src
+
+    def predict_ious(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> torch.Tensor:
+        """IoU predictions (B, T) only: on the fast path the final attention runs for the IoU token alone."""
+        if not self.uses_fast_path():
+            return self.predict_tokens(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            )[0]
+        tokens = self._tokens(sparse_prompt_embeddings)
+        dense = self._shared_dense(dense_prompt_embeddings)
+        side = self._image_side(image_embeddings, image_pe, dense, tokens.shape[0])
+        hs, _ = fast_transformer(self.transformer, side, tokens, iou_only=True)
+        return self.iou_prediction_head(hs[:, 0, :])
+
+    def _tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """[IoU token, mask tokens, prompt tokens] for every prompt set: (B, 1 + T + N, C)."""
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         output_tokens = output_tokens.unsqueeze(0).expand(b, -1, -1)
-        tokens = torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
+        return torch.cat((output_tokens, sparse_prompt_embeddings), dim=1)
 
-        # The image side stays at batch 1 while it is the same for every prompt (no mask input):
-        # the first transformer block then computes its image projections once.
-        src = image_embeddings + self._shared_dense(dense_prompt_embeddings)
+    @staticmethod
+    def _check_batch(src: torch.Tensor, b: int) -> torch.Tensor:
         if src.shape[0] not in (1, b):
-            raise ValueError(
-                f"image_embeddings batch {image_embeddings.shape[0]} does not match {b} prompt sets"
+            raise ValueError(f"image_embeddings batch {src.shape[0]} does not match {b} prompt sets")
+        return src
+
+    def _image_side(
+        self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor, b: int
+    ) -> ImageSide:
+        """The fast path's image side; cached while embedding, dense prompt, PE and weights are unchanged."""
+        shared = image_embeddings.shape[0] == 1 and dense.shape[0] == 1
+        if not shared:
+            return prepare_image_side(
+                self.transformer, self._check_batch(image_embeddings + dense, b), image_pe
             )
-        hs, src = self.transformer(src, image_pe, tokens)
-        iou_pred = self.iou_prediction_head(hs[:, 0, :])
-        return iou_pred, hs[:, 1 : (1 + self.num_mask_tokens), :], src
+        # A dense embedding without mask input is one vector broadcast over the grid: compare that.
+        constant = dense.stride(-1) == 0 and dense.stride(-2) == 0
+        dense_key = dense[..., :1, :1] if constant else dense
+        layers = self.transformer.layers
+        modules = (layers[0].cross_attn_token_to_image, layers[0].cross_attn_image_to_token) if layers else ()
+        versions = tuple(p._version for m in modules for p in m.parameters())
+        cache = self._side_cache
+        if cache is not None:
+            emb, dkey, dshape, pe_ref, pe_version, pe_copy, cached_versions, side = cache
+            if (
+                cached_versions == versions
+                and dshape == dense.shape
+                and same_bits(dkey, dense_key.contiguous())
+                and same_bits(emb, image_embeddings.contiguous())
+                and (
+                    (
+                        pe_ref is image_pe
+                        and pe_version is not None
+                        and version_or_none(image_pe) == pe_version
+                    )
+                    or same_bits(pe_copy, image_pe.contiguous())
+                )
+            ):
+                return side
+        side = prepare_image_side(self.transformer, image_embeddings + dense, image_pe)
+        pe_version = version_or_none(image_pe)
+        self._side_cache = (
+            image_embeddings.detach().clone(),
+            dense_key.detach().clone(),
+            dense.shape,
+            image_pe,
+            pe_version,
+            image_pe.detach().clone(),
+            versions,
+            side,
+        )
+        return side
 
     def masks_from_tokens(
         self, mask_tokens_out: torch.Tensor, src: torch.Tensor, embedding_hw: tuple[int, ...]

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .common import MLPBlock
+from .fast_decoder import same_bits, version_or_none
 
 
 class TwoWayTransformer(nn.Module):
@@ -68,26 +69,31 @@ class TwoWayTransformer(nn.Module):
         versions = tuple(p._version for m in modules for p in m.parameters())
         cache = self._layer0_cache
         if cache is not None:
-            src, pe_ref, pe_version, cached_versions, projections = cache
+            src, pe_ref, pe_version, pe_copy, cached_versions, projections = cache
             if (
                 cached_versions == versions
                 and src.shape == image_embedding.shape
                 and src.dtype == image_embedding.dtype
                 and src.device == image_embedding.device
                 and (
-                    (pe_ref is image_pe_input and pe_ref._version == pe_version)
-                    or torch.equal(pe_ref, image_pe_input)
+                    (
+                        pe_ref is image_pe_input
+                        and pe_version is not None
+                        and version_or_none(pe_ref) == pe_version
+                    )
+                    or same_bits(pe_copy, image_pe_input.contiguous())
                 )
-                and torch.equal(src, image_embedding)
+                and same_bits(src, image_embedding.contiguous())
             ):
                 return projections
         k = image_embedding + image_pe
         t2i, i2t = modules
         projections = (t2i.k_proj(k), t2i.v_proj(image_embedding), i2t.q_proj(k))
         self._layer0_cache = (
-            image_embedding.clone(),
+            image_embedding.contiguous().clone(),
             image_pe_input,
-            image_pe_input._version,
+            version_or_none(image_pe_input),
+            image_pe_input.contiguous().clone(),
             versions,
             projections,
         )

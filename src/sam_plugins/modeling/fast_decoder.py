@@ -1,0 +1,229 @@
+"""Inference fast path of the two-way transformer: the same function, reassociated.
+
+The prompt side has only N tokens (about 7) while the image side has L = h*w tokens (4096), so every
+projection of the L image tokens (L x 256 x 128 multiply-adds per prompt) is moved to the N-token side:
+
+* token-to-image attention, head h: ``q_h (W_k,h k + b_k,h)^T = (q_h W_k,h) k^T + const`` (the constant
+  cancels in the softmax) and ``attn_h (v W_v,h^T + b_v,h) = (attn_h v) W_v,h^T + b_v,h`` (rows sum to 1);
+* image-to-token attention, head h: ``(k W_q,h^T + b_q,h) t_h^T = k (W_q,h^T t_h^T) + b_q,h t_h^T`` and
+  ``out_proj(attn v) = sum_h attn_h (v_h W_out,h^T) + b_out``.
+
+Only float summation order changes (outputs agree with the plain path to ~1e-6 relative); the plain path
+stays the reference (training, and the AMG's exact recomputation of the masks it keeps). The prompt-
+independent image side of the first block is cached while the image embedding is unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (cheap on CPU: one vectorised compare, no thread pool, no allocation)."""
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return False
+    if a.device.type != "cpu" or not (a.is_contiguous() and b.is_contiguous()):
+        return torch.equal(a, b)
+    int_type = _INT_OF_SIZE.get(a.element_size())
+    if int_type is None or a.is_complex():
+        return torch.equal(a, b)
+    a_bits = a.detach().reshape(-1).view(int_type).numpy()
+    b_bits = b.detach().reshape(-1).view(int_type).numpy()
+    return bool(np.array_equal(a_bits, b_bits))
+
+
+def version_or_none(t: torch.Tensor) -> int | None:
+    """In-place modification counter; None for inference tensors, which have none."""
+    return None if t.is_inference() else t._version
+
+
+@dataclass
+class ImageSide:
+    """Image side of the transformer input, flattened to tokens, with its block-0 projections.
+
+    ``keys``: image embedding + dense prompt embedding, (1 or B, L, C); ``pe``: (1, L, C). When keys
+    has batch 1 (shared by all prompts), the prompt-independent block-0 projections are precomputed:
+    ``t2i_k``/``t2i_v`` (H, L, d) and ``i2t_q`` (H, d, L).
+    """
+
+    keys: torch.Tensor
+    pe: torch.Tensor
+    t2i_k: torch.Tensor | None = None
+    t2i_v: torch.Tensor | None = None
+    i2t_q: torch.Tensor | None = None
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(1, L, H*d) -> contiguous (H, L, d)."""
+    _, n, c = x.shape
+    return x[0].view(n, heads, c // heads).transpose(0, 1).contiguous()
+
+
+def prepare_image_side(transformer: nn.Module, src: torch.Tensor, image_pe: torch.Tensor) -> ImageSide:
+    """Flatten ``src`` (image embedding + dense prompt, (1 or B, C, h, w)) and ``image_pe`` (1, C, h, w)."""
+    keys = src.flatten(2).transpose(1, 2).contiguous()
+    pe = image_pe.flatten(2).transpose(1, 2).contiguous()
+    side = ImageSide(keys=keys, pe=pe)
+    if keys.shape[0] == 1 and transformer.layers:
+        block = transformer.layers[0]
+        t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
+        kp = keys + pe
+        side.t2i_k = _split_heads(t2i.k_proj(kp), t2i.num_heads)
+        side.t2i_v = _split_heads(t2i.v_proj(keys), t2i.num_heads)
+        side.i2t_q = _split_heads(i2t.q_proj(kp), i2t.num_heads).transpose(1, 2).contiguous()  # (H, d, L)
+    return side
+
+
+def _head_weight(linear: nn.Linear, heads: int) -> torch.Tensor:
+    """Weight of a projection to H heads of size d, as (H, d, C)."""
+    out_dim, in_dim = linear.weight.shape
+    return linear.weight.view(heads, out_dim // heads, in_dim)
+
+
+def _token_heads(attn: nn.Module, proj: nn.Linear, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Project prompt tokens (B, N, C) and split heads: (B, H, N, d)."""
+    b, n, _ = x.shape
+    y = proj(x)
+    if scale != 1.0:
+        y = y * scale
+    return y.view(b, n, attn.num_heads, -1).transpose(1, 2)
+
+
+def token_to_image_cached(attn: nn.Module, q_in: torch.Tensor, side: ImageSide) -> torch.Tensor:
+    """Token-to-image attention on the shared image side with precomputed keys/values: (B, N, C)."""
+    b, n, _ = q_in.shape
+    heads = attn.num_heads
+    q = _token_heads(attn, attn.q_proj, q_in)  # (B, H, N, d)
+    d = q.shape[-1]
+    q = q.transpose(0, 1).reshape(heads, b * n, d)
+    scores = torch.bmm(q, side.t2i_k.transpose(1, 2))  # (H, B*N, L)
+    scores = torch.softmax(scores / math.sqrt(d), dim=-1)
+    out = torch.bmm(scores, side.t2i_v)  # (H, B*N, d)
+    out = out.view(heads, b, n, d).permute(1, 2, 0, 3).reshape(b, n, heads * d)
+    return attn.out_proj(out)
+
+
+def token_to_image(
+    attn: nn.Module,
+    q_in: torch.Tensor,
+    keys: torch.Tensor,
+    kp: torch.Tensor | None = None,
+    pe: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Token-to-image attention on prompt-specific image keys (B, L, C): (B, N, C).
+
+    The attention keys are ``kp`` = keys + pe, or (few queries) keys and ``pe`` (1, L, C) separately.
+    """
+    b, n, c = q_in.shape
+    heads = attn.num_heads
+    d = attn.internal_dim // heads
+    q = _token_heads(attn, attn.q_proj, q_in, 1.0 / math.sqrt(d))  # (B, H, N, d)
+    r = torch.matmul(q, _head_weight(attn.k_proj, heads)).reshape(b, heads * n, c)  # (B, H*N, C)
+    if kp is not None:
+        scores = torch.bmm(r, kp.transpose(1, 2))  # (B, H*N, L)
+    elif pe is not None:
+        scores = torch.baddbmm(torch.matmul(r, pe[0].t()), r, keys.transpose(1, 2))
+    else:
+        raise ValueError("token_to_image needs kp or pe")
+    scores = torch.softmax(scores, dim=-1)
+    pooled = torch.bmm(scores, keys).view(b, heads, n, c)  # attention-weighted image tokens
+    out = torch.matmul(pooled, _head_weight(attn.v_proj, heads).transpose(1, 2))  # (B, H, N, d)
+    out = out.transpose(1, 2).reshape(b, n, heads * d) + attn.v_proj.bias
+    return attn.out_proj(out)
+
+
+def image_to_token_update(
+    attn: nn.Module,
+    norm: nn.LayerNorm,
+    keys: torch.Tensor,
+    tq: torch.Tensor,
+    tv: torch.Tensor,
+    *,
+    kp: torch.Tensor | None = None,
+    cached_q: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``norm(keys + attn(q=kp, k=tq, v=tv))`` for image keys (B or 1, L, C).
+
+    The queries are either ``kp`` (B, L, C) = keys + pe, or the precomputed ``cached_q`` (H, d, L).
+    Scores are laid out (B, H, N, L): the softmax over the N tokens then runs on contiguous rows of L.
+    """
+    b, n, c = tq.shape
+    heads = attn.num_heads
+    d = attn.internal_dim // heads
+    k = _token_heads(attn, attn.k_proj, tq, 1.0 / math.sqrt(d))  # (B, H, N, d)
+    if cached_q is not None:
+        length = cached_q.shape[-1]
+        k = k.transpose(0, 1).reshape(heads, b * n, d)
+        scores = torch.bmm(k, cached_q).view(heads, b, n, length).transpose(0, 1)  # (B, H, N, L)
+    else:
+        if kp is None:
+            raise ValueError("image_to_token_update needs kp or cached_q")
+        length = kp.shape[1]
+        p_mat = torch.matmul(k, _head_weight(attn.q_proj, heads)).reshape(b, heads * n, c)  # (B, H*N, C)
+        bias = torch.matmul(k, attn.q_proj.bias.view(heads, d, 1)).view(b, heads * n, 1)
+        scores = torch.baddbmm(bias, p_mat, kp.transpose(1, 2)).view(b, heads, n, length)
+    scores = torch.softmax(scores, dim=2).reshape(b, heads * n, length)
+    v = _token_heads(attn, attn.v_proj, tv)  # (B, H, N, d)
+    w_out = attn.out_proj.weight.view(c, heads, d).permute(1, 2, 0)  # (H, d, C)
+    # Each head's weights sum to 1 over its N tokens, so b_out / H on every row of m adds b_out.
+    m = torch.matmul(v, w_out).reshape(b, heads * n, c) + attn.out_proj.bias / heads  # (B, H*N, C)
+    if keys.shape[0] != b:
+        keys = keys.expand(b, -1, -1)
+    x = torch.baddbmm(keys, scores.transpose(1, 2), m)
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def fast_transformer(
+    transformer: nn.Module, side: ImageSide, point_embedding: torch.Tensor, *, iou_only: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same outputs as ``TwoWayTransformer.forward`` (to float reassociation): tokens (B, N, C), keys.
+
+    ``iou_only``: the final token-to-image attention runs for the first token only (returns (B, 1, C)).
+    """
+    queries = point_embedding
+    keys = side.keys
+    pe = side.pe
+    for i, block in enumerate(transformer.layers):
+        if block.skip_first_layer_pe:
+            queries = block.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + point_embedding
+            queries = queries + block.self_attn(q=q, k=q, v=queries)
+        queries = block.norm1(queries)
+
+        shared = i == 0 and side.t2i_k is not None
+        t2i, i2t = block.cross_attn_token_to_image, block.cross_attn_image_to_token
+        if shared:
+            attn_out = token_to_image_cached(t2i, queries + point_embedding, side)
+            kp = None
+        else:
+            kp = keys + pe
+            attn_out = token_to_image(t2i, queries + point_embedding, keys, kp)
+        queries = block.norm2(queries + attn_out)
+        queries = block.norm3(queries + block.mlp(queries))
+
+        tq = queries + point_embedding
+        if shared:
+            keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, cached_q=side.i2t_q)
+        else:
+            keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, kp=kp)
+
+    if keys.shape[0] != queries.shape[0]:  # depth 0: the image side was never made prompt-specific
+        keys = keys.expand(queries.shape[0], -1, -1)
+    if iou_only:
+        queries, point_embedding = queries[:, :1], point_embedding[:, :1]
+    final = transformer.final_attn_token_to_image
+    if iou_only:
+        attn_out = token_to_image(final, queries + point_embedding, keys, pe=pe)
+    else:
+        attn_out = token_to_image(final, queries + point_embedding, keys, keys + pe)
+    queries = queries + attn_out
+    return transformer.norm_final_attn(queries), keys
