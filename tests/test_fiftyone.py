@@ -266,8 +266,27 @@ def test_operator_is_callable_from_python(fo, dataset, tiny):
     assert res.result["processed"] == 2
 
 
-def test_apply_model_without_torchvision(fo, dataset, tiny):
+class _BlockImports:
+    """A meta-path finder that makes importing the named modules fail."""
+
+    def __init__(self, *names: str) -> None:
+        self.names = names
+
+    def find_spec(self, fullname, path=None, target=None):
+        if any(fullname == n or fullname.startswith(n + ".") for n in self.names):
+            raise ImportError(f"{fullname} must not be imported by the apply_model path")
+        return None
+
+
+def test_apply_model_without_torchvision(fo, dataset, tiny, monkeypatch):
     from sam_plugins.fiftyone import SamModel
+
+    # Other tests may have loaded the reference's torchvision stand-in: forget it, and make any
+    # import of torchvision or FiftyOne's torch helpers fail during apply_model.
+    blocked = ("torchvision", "fiftyone.utils.torch")
+    for name in [m for m in sys.modules if m.startswith(blocked)]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_BlockImports(*blocked), *sys.meta_path])
 
     model = SamModel(model=tiny)
     dataset.apply_model(model, label_field="applied", prompt_field="ground_truth", skip_failures=False)
@@ -276,4 +295,4 @@ def test_apply_model_without_torchvision(fo, dataset, tiny):
     assert check_detections(dataset, "applied") > 0
     dataset.apply_model(SamModel(model=tiny, **TINY_AMG), label_field="applied_auto", skip_failures=False)
     assert dataset.count("applied_auto.detections") > 0
-    assert "torchvision" not in sys.modules and "fiftyone.utils.torch" not in sys.modules
+    assert not any(m.startswith(blocked) for m in sys.modules)
