@@ -314,7 +314,7 @@ class SamAutomaticMaskGenerator:
             )
             if not bool(need.any()):
                 continue
-            low = decoder.masks_from_tokens(tokens[need], src[need], features.shape[-2:])[:, 1:]
+            low = decoder.masks_from_tokens(tokens[need], src[need], features.shape[-2:], exact=True)[:, 1:]
             lows.append(low.flatten(0, 1))
             ious.append(iou[need].flatten(0, 1))
             pts.append(np.repeat(part_points[need.cpu().numpy()], low.shape[1], axis=0))

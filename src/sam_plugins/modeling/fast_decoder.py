@@ -227,3 +227,71 @@ def fast_transformer(
         attn_out = token_to_image(final, queries + point_embedding, keys, keys + pe)
     queries = queries + attn_out
     return transformer.norm_final_attn(queries), keys
+
+
+def upscale_masks(
+    upscaling: nn.Sequential, hyper_in: torch.Tensor, src: torch.Tensor, hw: tuple[int, ...]
+) -> torch.Tensor:
+    """Mask logits (B, T, 4h, 4w) = hyper_in (B, T, c) . output_upscaling(src), src (B, h*w, C) tokens.
+
+    Each stride-2 ConvTranspose2d with a 2x2 kernel is one matmul per pixel in channels-last layout
+    (no mkldnn deconvolution, no layout copies); pixel order is restored once, on the T mask planes.
+    """
+    conv1, norm, act1, conv2, act2 = upscaling
+    b, length, c = src.shape
+    h, w = hw
+    c1, c2 = conv1.out_channels, conv2.out_channels
+    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C, [a, b, c1])
+    x = torch.matmul(src, w1).view(b, length * 4, c1) + conv1.bias
+    x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, [a', b', c2])
+    x = act2(torch.addmm(conv2.bias.repeat(4), x.view(-1, c1), w2))  # (B * L * 4, 4 * c2)
+    t = hyper_in.shape[1]
+    masks = torch.bmm(x.view(b, length * 16, c2), hyper_in.transpose(1, 2))  # (B, L * 16, T)
+    masks = masks.view(b, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)  # (B, T, i, a, a', j, b, b')
+    return masks.reshape(b, t, 4 * h, 4 * w)
+
+
+def _linear_resize_matrix(n_in: int, n_out: int, dtype: torch.dtype) -> torch.Tensor:
+    """(n_out, n_in) float64 matrix of 1-D linear resizing (align_corners=False).
+
+    Made by resizing an identity in ``dtype``: PyTorch computes the source positions in the input's
+    precision, so these are exactly the weights it applies to ``dtype`` tensors.
+    """
+    eye = torch.eye(n_in, dtype=dtype).unsqueeze(0)
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].t().double()
+
+
+def fast_postprocess_applies(img_size: int, original_size: tuple[int, ...]) -> bool:
+    """Whether :func:`postprocess_masks` beats the two interpolations (small to medium outputs)."""
+    return 2 * original_size[0] * original_size[1] <= img_size * img_size
+
+
+_RESIZE_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def postprocess_masks(
+    masks: torch.Tensor, img_size: int, input_size: tuple[int, ...], original_size: tuple[int, ...]
+) -> torch.Tensor:
+    """``Sam.postprocess_masks`` (bilinear to img_size, crop to input_size, bilinear to original_size).
+
+    Both bilinear steps are separable linear maps, so the whole chain is ``R @ masks @ C^T`` with R, C
+    composed once per size (float64, then the masks' dtype): two small matmuls instead of a
+    (B, T, img_size, img_size) intermediate.
+    """
+    h, w = masks.shape[-2:]
+    key = (h, w, img_size, tuple(input_size), tuple(original_size), masks.dtype, masks.device)
+    mats = _RESIZE_CACHE.get(key)
+    if mats is None:
+        ih, iw = input_size[0], input_size[1]
+        dt = masks.dtype
+        rows = _linear_resize_matrix(ih, original_size[0], dt) @ _linear_resize_matrix(h, img_size, dt)[:ih]
+        cols = _linear_resize_matrix(iw, original_size[1], dt) @ _linear_resize_matrix(w, img_size, dt)[:iw]
+        mats = (rows.to(masks.device, masks.dtype), cols.t().to(masks.device, masks.dtype).contiguous())
+        if len(_RESIZE_CACHE) > 16:
+            _RESIZE_CACHE.clear()
+        _RESIZE_CACHE[key] = mats
+    rows, cols_t = mats
+    if rows.shape[0] * w <= h * cols_t.shape[1]:
+        return torch.matmul(torch.matmul(rows, masks), cols_t)
+    return torch.matmul(rows, torch.matmul(masks, cols_t))
