@@ -285,28 +285,14 @@ class SamAutomaticMaskGenerator:
         )
         image_pe = model.prompt_encoder.get_dense_pe()
         features = predictor.features
-        chunk = decoder.chunk_size(features, len(points))
 
         lows, ious, pts = [], [], []
-        for start in range(0, len(points), chunk):
-            part = slice(start, start + chunk)
-            part_points, part_sparse, part_dense = points[part], sparse[part], dense[part]
-            if pred_iou_floor > 0 and decoder.uses_fast_path():
-                # Screen on the fast path (IoU token only), then recompute the candidates, and any within
-                # float noise of the floor, on the exact path: the kept set and values are the official ones.
-                screen = decoder.predict_ious(features, image_pe, part_sparse, part_dense)[:, 1:]
-                cand = (screen > pred_iou_floor - self.iou_screen_margin).any(dim=1)
-                if not bool(cand.any()):
-                    continue
-                if not bool(cand.all()):
-                    idx = cand.nonzero().squeeze(1)
-                    part_points, part_sparse = part_points[idx.numpy()], part_sparse[idx]
-                    # a dense embedding broadcast over the batch stays a broadcast (shared image side)
-                    part_dense = part_dense[: len(idx)] if part_dense.stride(0) == 0 else part_dense[idx]
+        for idx, n_real in self._exact_batches(decoder, features, image_pe, sparse, dense, pred_iou_floor):
+            part_dense = dense[: len(idx)] if dense.stride(0) == 0 else dense[idx]  # a broadcast stays one
             iou_all, tokens, src = decoder.predict_tokens(
-                features, image_pe, part_sparse, part_dense, exact=True
+                features, image_pe, sparse[idx], part_dense, exact=True
             )
-            iou = iou_all[:, 1:]  # multimask output: mask tokens 1..3
+            iou = iou_all[:n_real, 1:]  # multimask output: mask tokens 1..3
             need = (
                 (iou > pred_iou_floor).any(dim=1)
                 if pred_iou_floor > 0
@@ -314,10 +300,11 @@ class SamAutomaticMaskGenerator:
             )
             if not bool(need.any()):
                 continue
-            low = decoder.masks_from_tokens(tokens[need], src[need], features.shape[-2:], exact=True)[:, 1:]
+            tokens, src = tokens[:n_real][need], src[:n_real][need]
+            low = decoder.masks_from_tokens(tokens, src, features.shape[-2:], exact=True)[:, 1:]
             lows.append(low.flatten(0, 1))
             ious.append(iou[need].flatten(0, 1))
-            pts.append(np.repeat(part_points[need.cpu().numpy()], low.shape[1], axis=0))
+            pts.append(np.repeat(points[idx[:n_real][need].numpy()], low.shape[1], axis=0))
         empty = MaskData(
             iou_preds=torch.zeros(0),
             stability_score=torch.zeros(0),
@@ -360,6 +347,43 @@ class SamAutomaticMaskGenerator:
             data["rles"] = masks_to_rle_counts(uncrop_masks(masks, crop_box, orig_h, orig_w))
             out.cat(data)
         return out
+
+    def _exact_batches(
+        self,
+        decoder: Any,
+        features: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse: torch.Tensor,
+        dense: torch.Tensor,
+        pred_iou_floor: float,
+    ) -> list[tuple[torch.Tensor, int]]:
+        """Prompt indices for the exact decoder, as (indices, number of real prompts) batches.
+
+        With a floor, prompts are screened on the fast path first (IoU token only): those whose IoUs
+        all lie below the floor by more than ``iou_screen_margin`` are dropped (the exact path would
+        drop them too). The others run on the exact path in batches of the chunk size, the last one
+        padded with repeats: the exact decoder's rounding depends on the batch size (not on the other
+        prompts), and this is the size whose outputs equal the official ones bit for bit.
+        """
+        n = sparse.shape[0]
+        chunk = decoder.chunk_size(features, n)
+        if not (pred_iou_floor > 0 and decoder.uses_fast_path()):
+            return [(torch.arange(s, min(s + chunk, n)), min(chunk, n - s)) for s in range(0, n, chunk)]
+        kept = []
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk)
+            screen = decoder.predict_ious(features, image_pe, sparse[part], dense[part])[:, 1:]
+            kept.append((screen > pred_iou_floor - self.iou_screen_margin).any(dim=1).nonzero()[:, 0] + start)
+        order = torch.cat(kept)
+        size = min(chunk, n)
+        batches = []
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
+            n_real = len(idx)
+            if n_real < size:
+                idx = torch.cat([idx, idx[-1:].expand(size - n_real)])
+            batches.append((idx, n_real))
+        return batches
 
     # ------------------------------------------------------------------ cheap stage
     def _filter_state(
