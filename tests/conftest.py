@@ -17,9 +17,17 @@ os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="sam-plugins-fo-db-"))
 
 from reference import import_segment_anything  # noqa: E402
+from sam_plugins.models.builtin import EMBEDDED_MODEL_FILE  # noqa: E402
 from sam_plugins.models.configs import TINY, SamConfig, build_sam  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Quality tests of the embedded model (IoU bars) run whenever its weights are part of the checkout;
+# the weights land only once they pass these tests (see docs/models.md).
+requires_embedded_model = pytest.mark.skipif(
+    not EMBEDDED_MODEL_FILE.exists(),
+    reason=f"the embedded model's weights ({EMBEDDED_MODEL_FILE.name}) are not in this checkout yet",
+)
 
 
 def build_official(config: SamConfig):

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from conftest import requires_embedded_model
 from fo_fixtures import (  # noqa: F401
     fo_session,
     full_masks,
@@ -18,16 +19,7 @@ from fo_fixtures import (  # noqa: F401
 URI = "@sam-plugins/sam/segment"
 
 
-def _embedded_weights_present() -> bool:
-    from sam_plugins.models.registry import EMBEDDED_MODEL_NAME, list_models
-
-    spec = next((m for m in list_models() if m.name == EMBEDDED_MODEL_NAME), None)
-    return spec is not None and spec.path is not None and spec.path.is_file()
-
-
-pytestmark = pytest.mark.skipif(
-    not _embedded_weights_present(), reason="the embedded default model's weights are not in this checkout"
-)
+pytestmark = requires_embedded_model
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import requires_embedded_model
 from napari_helpers import click, iou, notifications, open_widget, press_key, tiny_model, wait_idle
 
 pytestmark = pytest.mark.gui
@@ -315,6 +316,7 @@ def test_annotate_opens_the_widget(make_napari_viewer):
     assert widget.session is not None and widget.session.model_name in ("tiny", "custom")
 
 
+@requires_embedded_model
 def test_click_segments_the_cell_with_the_embedded_model(make_napari_viewer, qtbot):
     """Quality: one click in a generated cell gives its mask (IoU >= 0.8), default model."""
     viewer = make_napari_viewer(show=True)
@@ -334,6 +336,7 @@ def test_click_segments_the_cell_with_the_embedded_model(make_napari_viewer, qtb
     assert len(np.unique(widget.target.value.data)) == 4
 
 
+@requires_embedded_model
 def test_propagation_covers_the_nucleus_with_the_embedded_model(make_napari_viewer, qtbot):
     from sam_plugins.sample_data import nuclei_3d
 

@@ -12,6 +12,7 @@ import threading
 import numpy as np
 import pytest
 
+from conftest import requires_embedded_model
 from sam_plugins.volumes import (
     PlaneStep,
     StopCriteria,
@@ -228,6 +229,7 @@ def test_real_predictor_reads_one_plane_at_a_time():
     assert all(s.mask is None or s.mask.shape == (40, 40) for s in steps)
 
 
+@requires_embedded_model
 def test_embedded_model_follows_a_nucleus_through_the_stack():
     """Quality with the embedded default model on the generated 3-D nuclei sample."""
     from sam_plugins import SamPredictor, load_model

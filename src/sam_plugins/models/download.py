@@ -39,7 +39,11 @@ def fetch_checkpoint(spec: ModelSpec, directory: Path | None = None, progress: b
     if spec.path is not None:
         path = Path(spec.path)
         if not path.exists():
-            raise FileNotFoundError(f"Model {spec.name!r} should be at {path}, but the file is missing.")
+            raise FileNotFoundError(
+                f"Model {spec.name!r} should be at {path}, but the file is missing from this install. "
+                "Use another model meanwhile: a registered one such as 'vit_b' (downloaded once), or a "
+                "checkpoint file (load_model(path); --model PATH on the command line)."
+            )
         return path
     directory = Path(directory) if directory is not None else cache_dir()
     target = directory / spec.file_name
