@@ -309,3 +309,22 @@ def test_finetune_save_reload_round_trip(tmp_path: Path):
 
     loaded = load_model(out, device="cpu")
     assert loaded.config == SamConfig.from_dict(ckpt["config"])
+
+
+def test_learning_curve_rows_carry_their_own_validation(tmp_path):
+    import json
+
+    from sam_plugins.training.cli import learning_curve
+
+    log = tmp_path / "log.jsonl"
+    records = []
+    for step in range(10, 60, 10):
+        records.append({"step": step, "loss": 1.0 / step, "dice": 0.5, "focal": 0.1, "iou_first": 0.2,
+                        "iou_last": 0.3, "sec_per_step": 1.0})
+        if step % 20 == 0:  # validation is logged right after its step
+            records.append({"step": step, "val_point_miou": step / 100})
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    rows = learning_curve(log, every=20)
+    assert [r["step"] for r in rows] == [20, 40]
+    assert [r["val_point_miou"] for r in rows] == [0.2, 0.4]
+    assert rows[0]["loss"] == (1 / 10 + 1 / 20) / 2

@@ -99,24 +99,23 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
 def learning_curve(log_path: str | Path, every: int = 100) -> list[dict[str, float]]:
     """Rows every `every` steps: training loss/dice/IoU averaged since the previous row, and the
-    latest validation mIoUs logged so far."""
+    validation mIoUs measured at that step (validation is logged right after its step)."""
     import json
 
     rows: list[dict[str, float]] = []
     window: list[dict[str, float]] = []
-    val: dict[str, float] = {}
+    val_by_step: dict[int, dict[str, float]] = {}
     for line in Path(log_path).read_text().splitlines():
         rec = json.loads(line)
-        if "loss" in rec:
-            window.append(rec)
-        else:
-            val = {k: v for k, v in rec.items() if k.startswith("val_")}
-        if "loss" in rec and rec["step"] % every == 0:
+        if "loss" not in rec:
+            val_by_step[rec["step"]] = {k: v for k, v in rec.items() if k.startswith("val_")}
+            continue
+        window.append(rec)
+        if rec["step"] % every == 0:
             keys = ("loss", "dice", "focal", "iou_first", "iou_last", "sec_per_step")
-            row = {"step": window[-1]["step"], **{k: sum(w[k] for w in window) / len(window) for k in keys}}
-            rows.append({**row, **val})
+            rows.append({"step": rec["step"], **{k: sum(w[k] for w in window) / len(window) for k in keys}})
             window = []
-    return rows
+    return [{**row, **val_by_step.get(row["step"], {})} for row in rows]
 
 
 def _run_curve(args: argparse.Namespace) -> int:
