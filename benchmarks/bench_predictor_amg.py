@@ -6,13 +6,16 @@ One command, both measured in the same process on the same image with the same r
     python benchmarks/bench_predictor_amg.py --quick    # 8x8 grid, fewer repeats
 
 Prints the per-click latency (prompt encoder + decoder + mask postprocessing for one point, via
-``predict``) and the end-to-end AMG time with default settings, each with the ratio official/ours,
-and checks that both generators return the same masks.
+``predict``), the mask decoder alone on an AMG batch (64 prompts; a quick, load-robust check) and the
+end-to-end AMG time with default settings, each with the ratio official/ours (min and median of
+interleaved runs, so load changes on a shared machine hit both), and checks that both generators
+return the same masks.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -42,6 +45,50 @@ def timed(fn, repeats: int) -> list[float]:
     return out
 
 
+def report(name: str, off: list[float], ours: list[float], unit: float = 1e3, suffix: str = "ms") -> float:
+    """Print min and median of both and the median ratio official/ours; return that ratio."""
+    m_off, m_ours = statistics.median(off), statistics.median(ours)
+    print(
+        f"{name}: official min {min(off) * unit:.1f} / median {m_off * unit:.1f} {suffix}, "
+        f"ours min {min(ours) * unit:.1f} / median {m_ours * unit:.1f} {suffix} "
+        f"-> speed-up {m_off / m_ours:.2f}x (min/min {min(off) / min(ours):.2f}x)"
+    )
+    return m_off / m_ours
+
+
+def bench_decoder(official, ours, repeats: int) -> float:
+    """Mask decoder alone on 64 one-point prompts (vit_b-sized decoder, random embedding).
+
+    Official: one call on the batch (as its AMG does). Ours: the AMG's screening call
+    (``predict_ious``, chunked), which is what runs for every prompt.
+    """
+    g = torch.Generator().manual_seed(0)
+    pe_mod = ours.prompt_encoder
+    h, w = pe_mod.image_embedding_size
+    emb = torch.randn(1, pe_mod.embed_dim, h, w, generator=g)
+    points = (
+        torch.rand(64, 1, 2, generator=g) * pe_mod.input_image_size[0],
+        torch.ones(64, 1, dtype=torch.int),
+    )
+    sparse, dense = pe_mod(points, None, None)
+    pe = pe_mod.get_dense_pe()
+    dec = ours.mask_decoder
+    chunk = dec.chunk_size(emb, 64)
+
+    def run_ours() -> None:
+        for start in range(0, 64, chunk):
+            dec.predict_ious(emb, pe, sparse[start : start + chunk], dense[start : start + chunk])
+
+    times: dict[str, list[float]] = {"official": [], "ours": []}
+    for _ in range(repeats):
+        for name, fn in (
+            ("official", lambda: official.mask_decoder(emb, pe, sparse, dense, True)),
+            ("ours", run_ours),
+        ):
+            times[name] += timed(fn, 1)
+    return report("decoder, 64 prompts (IoU screen)", times["official"], times["ours"], 1.0, "s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -62,7 +109,7 @@ def main() -> None:
     clicks = args.clicks or (10 if args.quick else 30)
     print(
         f"model {args.model}, image {image.shape}, threads {args.threads}, "
-        f"grid {points_per_side}x{points_per_side}"
+        f"grid {points_per_side}x{points_per_side}, load average {os.getloadavg()[0]:.1f}"
     )
 
     with torch.inference_mode():
@@ -81,13 +128,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 pred.predict(point_coords=point[None], point_labels=np.array([1]))
                 lat[name].append(time.perf_counter() - t0)
-        m_off, m_ours = statistics.median(lat["official"]), statistics.median(lat["ours"])
-        print(
-            f"per-click latency (median of {clicks}): official {m_off * 1e3:.1f} ms, "
-            f"ours {m_ours * 1e3:.1f} ms"
-            f"  -> speed-up {m_off / m_ours:.2f}x (min {min(lat['official']) * 1e3:.1f} / "
-            f"{min(lat['ours']) * 1e3:.1f} ms)"
-        )
+        click_ratio = report(f"per-click latency ({clicks} clicks)", lat["official"], lat["ours"])
         a = po.predict(point_coords=points[:1], point_labels=np.array([1]), return_logits=True)
         b = pn.predict(point_coords=points[:1], point_labels=np.array([1]), return_logits=True)
         print(
@@ -95,27 +136,30 @@ def main() -> None:
             f"iou {np.abs(a[1] - b[1]).max():.2e}"
         )
 
+        dec_ratio = bench_decoder(official, ours, 2 if args.quick else 3)
+
         amg_off = sa.SamAutomaticMaskGenerator(
             official, points_per_side=points_per_side, output_mode="uncompressed_rle"
         )
         amg_ours = SamAutomaticMaskGenerator(
             ours, points_per_side=points_per_side, output_mode="uncompressed_rle"
         )
-        t0 = time.perf_counter()
-        rec_off = amg_off.generate(image)
-        t_off = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rec_ours = amg_ours.generate(image)
-        t_ours = time.perf_counter() - t0
+        # ours, official, ours (x2 with --quick): the official run sits between ours, under the same load
+        amg: dict[str, list[float]] = {"official": [], "ours": []}
+        records: dict[str, list] = {}
+        for name in ["ours", "official", "ours"] * (2 if args.quick else 1):
+            gen = amg_ours if name == "ours" else amg_off
+            t0 = time.perf_counter()
+            records[name] = gen.generate(image)
+            amg[name].append(time.perf_counter() - t0)
+    rec_off, rec_ours = records["official"], records["ours"]
     same = len(rec_off) == len(rec_ours) and all(
         x["segmentation"] == y["segmentation"] for x, y in zip(rec_off, rec_ours, strict=True)
     )
-    print(
-        f"AMG end to end (defaults): official {t_off:.1f} s, ours {t_ours:.1f} s "
-        f"-> speed-up {t_off / t_ours:.2f}x"
-    )
+    amg_ratio = report("AMG end to end (defaults)", amg["official"], amg["ours"], 1.0, "s")
     print(f"  masks: official {len(rec_off)}, ours {len(rec_ours)}, identical: {same}")
-    print(f"RATIOS per_click={m_off / m_ours:.2f}x amg={t_off / t_ours:.2f}x")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(f"RATIOS per_click={click_ratio:.2f}x decoder={dec_ratio:.2f}x amg={amg_ratio:.2f}x")
 
 
 if __name__ == "__main__":
