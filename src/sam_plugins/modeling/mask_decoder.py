@@ -197,7 +197,7 @@ class MaskDecoder(nn.Module):
         dense_key = dense[..., :1, :1] if constant else dense
         layers = self.transformer.layers
         modules = (layers[0].cross_attn_token_to_image, layers[0].cross_attn_image_to_token) if layers else ()
-        versions = tuple(p._version for m in modules for p in m.parameters())
+        versions = tuple(version_or_none(p) for m in modules for p in m.parameters())
         cache = self._side_cache
         if cache is not None:
             emb, dkey, dshape, pe_ref, pe_version, pe_copy, cached_versions, side = cache

@@ -66,7 +66,7 @@ class TwoWayTransformer(nn.Module):
             return None
         block = self.layers[0]
         modules = (block.cross_attn_token_to_image, block.cross_attn_image_to_token)
-        versions = tuple(p._version for m in modules for p in m.parameters())
+        versions = tuple(version_or_none(p) for m in modules for p in m.parameters())
         cache = self._layer0_cache
         if cache is not None:
             src, pe_ref, pe_version, pe_copy, cached_versions, projections = cache
