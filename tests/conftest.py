@@ -98,3 +98,9 @@ def make_pair(config: SamConfig, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_pair():
     return make_pair(TINY)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the Ray tests last: a local Ray cluster leaves processes holding random ports for a
+    while after shutdown, which must not meet the database server the FiftyOne tests start."""
+    items.sort(key=lambda item: item.path.name == "test_batch_ray.py")
