@@ -143,6 +143,14 @@ class ActionsMixin:
 
     # ------------------------------------------------------------------ segment everything
 
+    def _source_and_plane(self) -> tuple[Any, int] | None:
+        """The chosen image and the shown plane, or None after telling the user what is wrong."""
+        try:
+            return self.image_source(), self.current_plane()
+        except ValueError as err:
+            show_error(f"Segment Anything: {err}")
+            return None
+
     def _auto_params(self) -> AutoParams:
         return AutoParams(
             quality=self.quality.value,
@@ -153,12 +161,10 @@ class ActionsMixin:
 
     def segment_everything(self, _: Any = None) -> None:
         """Automatic masks for the shown plane into 'auto segmentation' (Shift-E), in a worker."""
-        try:
-            source = self.image_source()
-            plane = self.current_plane()
-        except ValueError as err:
-            show_error(f"Segment Anything: {err}")
+        picked = self._source_and_plane()
+        if picked is None:
             return
+        source, plane = picked
         params, key = self._auto_params(), self._requested_model()
 
         def job(report: Any, cancel: Any) -> tuple[AnnotatorSession, np.ndarray | None]:
@@ -208,12 +214,10 @@ class ActionsMixin:
 
     def propagate(self, _: Any = None) -> None:
         """Follow the current object(s) from the shown slice through the slice range (Shift-S)."""
-        try:
-            source = self.image_source()
-            plane = self.current_plane()
-        except ValueError as err:
-            show_error(f"Segment Anything: {err}")
+        picked = self._source_and_plane()
+        if picked is None:
             return
+        source, plane = picked
         if not source.is_stack:
             show_error("Segment Anything: propagation needs a 3-D stack or a time series")
             return
