@@ -328,3 +328,58 @@ def test_learning_curve_rows_carry_their_own_validation(tmp_path):
     assert [r["step"] for r in rows] == [20, 40]
     assert [r["val_point_miou"] for r in rows] == [0.2, 0.4]
     assert rows[0]["loss"] == (1 / 10 + 1 / 20) / 2
+
+
+def test_dense_targets_hand_computed():
+    from sam_plugins.training.aux_head import dense_targets
+
+    labels = np.zeros((16, 16), np.int32)
+    labels[4:8, 4:8] = 1  # one 4x4 square filling the output cell (1, 1)
+    target = dense_targets(labels, 4)
+    assert target.shape == (2, 4, 4)
+    assert target[0].sum().item() == target[0, 1, 1].item() == 1.0
+    assert target[1, 1, 1].item() == pytest.approx(12 / 16)  # the square's 12 edge pixels
+    assert target[1].sum().item() == pytest.approx(12 / 16)
+
+
+def test_aux_loss_and_stem_train_and_reload(tmp_path: Path):
+    """A model with a convolutional patch stem trains with the dense auxiliary loss (the loss
+    falls), and its checkpoint reloads to the same architecture with and without the stored config."""
+    from sam_plugins.models.checkpoints import infer_config
+    from sam_plugins.models.registry import load_model
+    from sam_plugins.training.aux_head import DenseAuxHead
+    from sam_plugins.training.trainer import build_model
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    scenes = [disk_scene(rng, 128) for _ in range(2)]
+    config = TrainConfig(model="tiny", model_config={"patch_stem_channels": [8, 16, 32, 64]},
+                         images_per_step=2, objects_per_image=4, rounds=1, lr=2e-3, box_prob=1.0,
+                         aux_weight=1.0)
+    model = build_model(config)
+    model.train()
+    head = DenseAuxHead(model.config.prompt_embed_dim)
+    optimizer = make_optimizer(model, config, head)
+    assert any(p is next(head.parameters()) for g in optimizer.param_groups for p in g["params"])
+    examples = draw_examples(scenes, np.random.default_rng(0), 2, config, 256, augment=False)
+    auxes = []
+    for _ in range(25):
+        loss, stats = interactive_loss(model, examples, np.random.default_rng(1), config, head)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        auxes.append(stats["aux"])
+    assert auxes[-1] < 0.85 * auxes[0]
+    path = save_checkpoint(tmp_path / "stem.pt", model, {})
+    assert infer_config(model.state_dict()) == model.config
+    reloaded = load_model(str(path), device="cpu")
+    assert reloaded.config.patch_stem_channels == (8, 16, 32, 64)
+    x = torch.rand(1, 3, 256, 256) * 255
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.image_encoder(x), model.image_encoder(x))
+
+
+def test_stem_must_match_the_patch_size():
+    with pytest.raises(ValueError, match="patch size"):
+        build_sam(TINY.replace(patch_stem_channels=(8, 16)))

@@ -39,6 +39,7 @@ class ImageEncoderViT(nn.Module):
         rel_pos_zero_init: bool = True,
         window_size: int = 0,
         global_attn_indexes: tuple[int, ...] = (),
+        patch_stem_channels: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
         self.img_size = img_size
@@ -51,6 +52,7 @@ class ImageEncoderViT(nn.Module):
             stride=(patch_size, patch_size),
             in_chans=in_chans,
             embed_dim=embed_dim,
+            stem_channels=patch_stem_channels,
         )
         grid = img_size // patch_size
         self.pos_embed: nn.Parameter | None = None
@@ -264,7 +266,14 @@ def get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor
 
 
 class PatchEmbed(nn.Module):
-    """Image to patch embedding, returned channels-last: (B, H/16, W/16, C)."""
+    """Image to patch embedding, returned channels-last: (B, H/16, W/16, C).
+
+    Official SAM: one 16x16 convolution with stride 16. With `stem_channels` (not used by the
+    official models) the patches come from a convolutional stem instead: one 3x3 stride-2
+    convolution + LayerNorm2d + GELU per entry (as many as halve the image down to the patch
+    grid), then a 1x1 projection. Such early convolutions make a small ViT trained from
+    scratch learn much faster (Xiao et al., 2021, "Early convolutions help transformers see better").
+    """
 
     def __init__(
         self,
@@ -273,9 +282,30 @@ class PatchEmbed(nn.Module):
         padding: tuple[int, int] = (0, 0),
         in_chans: int = 3,
         embed_dim: int = 768,
+        stem_channels: tuple[int, ...] = (),
     ) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding)
+        self.stem: nn.Sequential | None = None
+        if stem_channels:
+            if 2 ** len(stem_channels) != stride[0] or stride[0] != stride[1]:
+                raise ValueError(
+                    f"a stem of {len(stem_channels)} stride-2 convolutions gives patches of "
+                    f"{2 ** len(stem_channels)} px, but the patch size is {stride}"
+                )
+            layers: list[nn.Module] = []
+            prev = in_chans
+            for ch in stem_channels:
+                conv = nn.Conv2d(prev, ch, 3, stride=2, padding=1, bias=False)
+                layers += [conv, LayerNorm2d(ch), nn.GELU()]
+                prev = ch
+            self.stem = nn.Sequential(*layers)
+            self.proj = nn.Conv2d(prev, embed_dim, kernel_size=1)
+        else:
+            self.proj = nn.Conv2d(
+                in_chans, embed_dim, kernel_size=kernel_size, stride=stride, padding=padding
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stem is not None:
+            x = self.stem(x)
         return self.proj(x).permute(0, 2, 3, 1)

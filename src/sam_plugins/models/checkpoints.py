@@ -113,6 +113,15 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
     """
     try:
         embed_dim, _, patch, _ = state["image_encoder.patch_embed.proj.weight"].shape
+        stem = tuple(  # convolutional patch stem (not in official models): its conv weights
+            int(v.shape[0]) for k, v in sorted(
+                ((k, v) for k, v in state.items() if k.startswith("image_encoder.patch_embed.stem.")
+                 and k.endswith(".weight") and v.ndim == 4),
+                key=lambda kv: int(kv[0].split(".")[3]),
+            )
+        )
+        if stem:
+            patch = 2 ** len(stem)
         grid = state["image_encoder.pos_embed"].shape[1]
         depth = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("image_encoder.blocks."))
         rel = [state[f"image_encoder.blocks.{i}.attn.rel_pos_h"].shape for i in range(depth)]
@@ -147,6 +156,7 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
         decoder_mlp_dim=int(state["mask_decoder.transformer.layers.0.mlp.lin1.weight"].shape[0]),
         iou_head_depth=len(iou_layers),
         iou_head_hidden_dim=int(state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]),
+        patch_stem_channels=stem,
     )
 
 

@@ -32,6 +32,8 @@ class SamConfig:
     iou_head_hidden_dim: int = 256
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    # () = the official single patchify convolution; otherwise a convolutional stem (see PatchEmbed)
+    patch_stem_channels: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -46,12 +48,13 @@ class SamConfig:
         d["encoder_global_attn_indexes"] = list(self.encoder_global_attn_indexes)
         d["pixel_mean"] = list(self.pixel_mean)
         d["pixel_std"] = list(self.pixel_std)
+        d["patch_stem_channels"] = list(self.patch_stem_channels)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> SamConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "extra"}
-        for key in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std"):
+        for key in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std", "patch_stem_channels"):
             if key in known:
                 known[key] = tuple(known[key])
         return cls(**known)
@@ -100,6 +103,7 @@ def build_sam(config: SamConfig) -> Sam:
         rel_pos_zero_init=True,
         window_size=config.window_size,
         global_attn_indexes=tuple(config.encoder_global_attn_indexes),
+        patch_stem_channels=tuple(config.patch_stem_channels),
     )
     prompt_encoder = PromptEncoder(
         embed_dim=config.prompt_embed_dim,

@@ -99,6 +99,7 @@ class TrainExample:
 
     image: torch.Tensor  # (3, S, S) float32 in [0, 255]
     masks: np.ndarray  # (K, S, S) bool, the chosen objects
+    labels: np.ndarray | None = None  # (S, S) all instance ids (for the dense auxiliary loss)
 
 
 def _load_image_file(path: Path) -> np.ndarray:
@@ -271,7 +272,7 @@ def make_example(
         return None
     chosen = rng.choice(keep, size=min(max_objects, keep.size), replace=False)
     masks = lab[None] == np.asarray(chosen)[:, None, None]
-    return TrainExample(image=img_t.clamp(0, 255).contiguous(), masks=masks)
+    return TrainExample(image=img_t.clamp(0, 255).contiguous(), masks=masks, labels=lab)
 
 
 def warn_small_dataset(n: int) -> None:

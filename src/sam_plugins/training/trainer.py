@@ -21,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from ..models.configs import OFFICIAL_CONFIGS, SMALL_CONFIGS, SamConfig, build_sam
+from .aux_head import DenseAuxHead, dense_aux_loss
 from .data import AugmentConfig, TrainExample, as_pair, make_example
 from .losses import sam_loss
 from .prompts import jitter_boxes, mask_prompt_from_gt, sample_correction_points, sample_positive_points
@@ -70,6 +71,7 @@ class TrainConfig:
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
+    aux_weight: float = 0.0  # > 0: dense foreground/boundary loss on the image embedding (aux_head.py)
     focal_alpha: float = -1.0
     focal_gamma: float = 2.0
     # bookkeeping
@@ -232,10 +234,15 @@ def interactive_loss(
     examples: list[TrainExample],
     rng: np.random.Generator,
     config: TrainConfig,
+    aux_head: torch.nn.Module | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss of one step of simulated interactive segmentation over all objects of `examples`."""
+    """Loss of one step of simulated interactive segmentation over all objects of `examples`
+    (plus, with `aux_head`, the dense auxiliary loss weighted by `config.aux_weight`)."""
     images = torch.stack([e.image for e in examples])
     embeddings = model.image_encoder(model.preprocess(images))
+    aux = None
+    if aux_head is not None:
+        aux = dense_aux_loss(aux_head, embeddings, [e.labels for e in examples])
     counts = [len(e.masks) for e in examples]
     index = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts))
     embeddings = embeddings[index]
@@ -288,7 +295,11 @@ def interactive_loss(
     if config.rounds == 1:
         stats["iou_last"] = stats["iou_first"]
     stats["mode"] = mode  # type: ignore[assignment]
-    return total / config.rounds, stats
+    total = total / config.rounds
+    if aux is not None:
+        stats["aux"] = float(aux)
+        total = total + config.aux_weight * aux
+    return total, stats
 
 
 # --- initialisation and validation ---------------------------------------------------------------
@@ -419,10 +430,15 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
 
 
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: torch.nn.Module, config: TrainConfig, aux_head: torch.nn.Module | None = None
+) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms, embeddings and position tables."""
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
+    named = list(model.named_parameters())
+    if aux_head is not None:
+        named += [(f"aux_head.{n}", p) for n, p in aux_head.named_parameters()]
+    for name, p in named:
         is_encoder = name.startswith("image_encoder.")
         if is_encoder and config.freeze_encoder:
             p.requires_grad_(False)
@@ -456,13 +472,16 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     state_path, log_path = run_dir / "resume.pt", run_dir / "log.jsonl"
     model = build_model(config)
     image_size = model.image_encoder.img_size
-    optimizer = make_optimizer(model, config)
+    aux_head = DenseAuxHead(model.config.prompt_embed_dim) if config.aux_weight > 0 else None
+    optimizer = make_optimizer(model, config, aux_head)
     start = 0
     if resume:
         if not state_path.exists():
             raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
         state = torch.load(state_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
+        if aux_head is not None and "aux_head" in state:
+            aux_head.load_state_dict(state["aux_head"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
         log(f"resuming {run_dir} at step {start}")
@@ -480,6 +499,8 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     def checkpoint(step: int, final: bool = False, val: dict | None = None) -> Path:
         meta = {"step": step, "train_config": config.to_dict(), "val": val or {}, "time": time.time()}
         resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        if aux_head is not None:
+            resume_state["aux_head"] = aux_head.state_dict()
         torch.save(resume_state, state_path)
         return save_checkpoint(run_dir / ("model.pt" if final else "latest.pt"), model, meta)
 
@@ -498,7 +519,7 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
             for g in optimizer.param_groups:
                 g["lr"] = config.lr * scale * g.get("lr_scale", 1.0)
             examples = draw_examples(train_src, rng, config.images_per_step, config, image_size, augment=True)
-            loss, stats = interactive_loss(model, examples, rng, config)
+            loss, stats = interactive_loss(model, examples, rng, config, aux_head)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
