@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--model", default="vit_b", choices=sorted(OFFICIAL_CONFIGS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clicks", type=int, default=None, help="click repeats (default 30, quick 10)")
+    parser.add_argument("--clicks-only", action="store_true", help="measure the per-click latency only")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sa = import_segment_anything()
@@ -135,6 +136,9 @@ def main() -> None:
             f"  click outputs max |diff|: logits {np.abs(a[0] - b[0]).max():.2e}, "
             f"iou {np.abs(a[1] - b[1]).max():.2e}"
         )
+        if args.clicks_only:
+            print(f"RATIOS per_click={click_ratio:.2f}x")
+            return
 
         dec_ratio = bench_decoder(official, ours, 2 if args.quick else 3)
 

@@ -242,10 +242,11 @@ def upscale_masks(
     h, w = hw
     c1, c2 = conv1.out_channels, conv2.out_channels
     w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C, [a, b, c1])
-    x = torch.matmul(src, w1).view(b, length * 4, c1) + conv1.bias
+    # matmul then in-place bias: on CPU addmm first copies the broadcast bias into its output
+    x = torch.matmul(src, w1).view(b, length * 4, c1).add_(conv1.bias)
     x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
     w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, [a', b', c2])
-    x = act2(torch.addmm(conv2.bias.repeat(4), x.view(-1, c1), w2))  # (B * L * 4, 4 * c2)
+    x = act2(torch.mm(x.view(-1, c1), w2).add_(conv2.bias.repeat(4)))  # (B * L * 4, 4 * c2)
     t = hyper_in.shape[1]
     masks = torch.bmm(x.view(b, length * 16, c2), hyper_in.transpose(1, 2))  # (B, L * 16, T)
     masks = masks.view(b, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)  # (B, T, i, a, a', j, b, b')
@@ -263,11 +264,40 @@ def _linear_resize_matrix(n_in: int, n_out: int, dtype: torch.dtype) -> torch.Te
 
 
 def fast_postprocess_applies(img_size: int, original_size: tuple[int, ...]) -> bool:
-    """Whether :func:`postprocess_masks` beats the two interpolations (small to medium outputs)."""
-    return 2 * original_size[0] * original_size[1] <= img_size * img_size
+    """Whether :func:`postprocess_masks` beats the two interpolations: always (kept for callers)."""
+    return True
 
 
-_RESIZE_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+@dataclass
+class _Band:
+    """A banded (n_out, n_in) resize matrix: out[i] = sum_k weight[i, k] * x[index[i, k]]."""
+
+    index: torch.Tensor  # (n_out, K) int64
+    weight: torch.Tensor  # (n_out, K)
+
+    @classmethod
+    def of(cls, matrix: torch.Tensor, dtype: torch.dtype, device: torch.device) -> _Band:
+        n_in = matrix.shape[1]
+        nonzero = matrix != 0
+        cols = torch.arange(n_in)
+        first = torch.where(nonzero, cols, n_in).min(1).values
+        last = torch.where(nonzero, cols, -1).max(1).values
+        width = int((last - first).max()) + 1
+        index = first[:, None] + torch.arange(width)
+        inside = index < n_in
+        index = index.clamp(max=n_in - 1)
+        weight = torch.where(inside, matrix.gather(1, index), 0.0)
+        return cls(index.to(device), weight.to(device, dtype))
+
+    def apply_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize the second-to-last axis of x (rows are gathered whole, so it stays cheap)."""
+        out = x.index_select(-2, self.index[:, 0]) * self.weight[:, 0, None]
+        for k in range(1, self.index.shape[1]):
+            out.addcmul_(x.index_select(-2, self.index[:, k]), self.weight[:, k, None])
+        return out
+
+
+_RESIZE_CACHE: dict[tuple, tuple[_Band, _Band]] = {}
 
 
 def postprocess_masks(
@@ -275,23 +305,24 @@ def postprocess_masks(
 ) -> torch.Tensor:
     """``Sam.postprocess_masks`` (bilinear to img_size, crop to input_size, bilinear to original_size).
 
-    Both bilinear steps are separable linear maps, so the whole chain is ``R @ masks @ C^T`` with R, C
-    composed once per size (float64, then the masks' dtype): two small matmuls instead of a
-    (B, T, img_size, img_size) intermediate.
+    Both bilinear steps are separable linear maps, so per axis the chain is one composed matrix
+    (float64, then the masks' dtype) with a few non-zeros per row: each output row/column is a
+    weighted sum of K (2-4) input rows/columns, with no (B, T, img_size, img_size) intermediate.
+    Returns a (possibly transposed, non-contiguous) view.
     """
     h, w = masks.shape[-2:]
     key = (h, w, img_size, tuple(input_size), tuple(original_size), masks.dtype, masks.device)
-    mats = _RESIZE_CACHE.get(key)
-    if mats is None:
+    bands = _RESIZE_CACHE.get(key)
+    if bands is None:
         ih, iw = input_size[0], input_size[1]
         dt = masks.dtype
         rows = _linear_resize_matrix(ih, original_size[0], dt) @ _linear_resize_matrix(h, img_size, dt)[:ih]
         cols = _linear_resize_matrix(iw, original_size[1], dt) @ _linear_resize_matrix(w, img_size, dt)[:iw]
-        mats = (rows.to(masks.device, masks.dtype), cols.t().to(masks.device, masks.dtype).contiguous())
+        bands = (_Band.of(rows, dt, masks.device), _Band.of(cols, dt, masks.device))
         if len(_RESIZE_CACHE) > 16:
             _RESIZE_CACHE.clear()
-        _RESIZE_CACHE[key] = mats
-    rows, cols_t = mats
-    if rows.shape[0] * w <= h * cols_t.shape[1]:
-        return torch.matmul(torch.matmul(rows, masks), cols_t)
-    return torch.matmul(rows, torch.matmul(masks, cols_t))
+        _RESIZE_CACHE[key] = bands
+    row_band, col_band = bands
+    out = row_band.apply_rows(masks)
+    out = col_band.apply_rows(out.transpose(-1, -2).contiguous())
+    return out.transpose(-1, -2)
