@@ -383,3 +383,23 @@ def test_aux_loss_and_stem_train_and_reload(tmp_path: Path):
 def test_stem_must_match_the_patch_size():
     with pytest.raises(ValueError, match="patch size"):
         build_sam(TINY.replace(patch_stem_channels=(8, 16)))
+
+
+def test_training_device_choice(tmp_path: Path):
+    from sam_plugins.training.trainer import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_training_on_the_gpu_writes_a_cpu_loadable_checkpoint(tmp_path: Path):
+    config = TrainConfig.from_file(CONFIGS / "train_tiny_test.toml")
+    data = {**config.to_dict(), "out_dir": str(tmp_path), "steps": 3, "epoch_steps": 3, "progress": False,
+            "device": "cuda", "aux_weight": 0.5}
+    path = train(TrainConfig.from_dict(data), log=lambda s: None)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert all(t.device.type == "cpu" for t in ckpt["model"].values())

@@ -51,5 +51,5 @@ def dense_aux_loss(
 ) -> torch.Tensor:
     """Binary cross-entropy of the foreground and boundary maps, averaged over pixels and maps."""
     logits = head(embeddings)
-    target = torch.stack([dense_targets(lab, logits.shape[-1]) for lab in labels])
+    target = torch.stack([dense_targets(lab, logits.shape[-1]) for lab in labels]).to(logits.device)
     return F.binary_cross_entropy_with_logits(logits, target)

@@ -16,6 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="parent folder of the run (overrides out_dir)")
     p.add_argument("--name", help="run name (overrides name)")
     p.add_argument("--steps", type=int, help="total number of steps (overrides steps)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (overrides device; default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
@@ -43,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--channel", type=int, help="channel of multichannel images to use")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch default)")
+    f.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto (GPU when there is one)")
     f.add_argument("--work-dir", default="runs", help="where the run's logs and checkpoints go")
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=_run_finetune)
@@ -52,7 +54,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .trainer import TrainConfig, train
 
     config = TrainConfig.from_file(args.config)
-    changes = {"out_dir": args.out, "name": args.name, "steps": args.steps}
+    changes = {"out_dir": args.out, "name": args.name, "steps": args.steps, "device": args.device}
     data = {**config.to_dict(), **{k: v for k, v in changes.items() if v is not None}}
     if args.no_progress:
         data["progress"] = False
@@ -86,6 +88,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         channel=args.channel,
         seed=args.seed,
         threads=args.threads,
+        device=args.device,
         progress=not args.no_progress,
     )
     path = train(TrainConfig.from_dict(base))

@@ -77,6 +77,7 @@ class TrainConfig:
     # bookkeeping
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = leave torch's default (1 is fastest on a busy shared CPU)
+    device: str = "auto"  # "auto" (cuda, then mps, then cpu), or a torch device such as "cpu", "cuda:1"
     checkpoint_every: int = 250
     log_every: int = 10
     val_images: int = 12
@@ -220,10 +221,11 @@ def draw_examples(
 
 
 def _stack_points(
-    coords: torch.Tensor | None, labels: torch.Tensor | None, new_c: np.ndarray, new_l: np.ndarray
+    coords: torch.Tensor | None, labels: torch.Tensor | None, new_c: np.ndarray, new_l: np.ndarray,
+    device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    c = torch.from_numpy(new_c)[:, None]
-    lab = torch.from_numpy(new_l)[:, None]
+    c = torch.from_numpy(new_c)[:, None].to(device)
+    lab = torch.from_numpy(new_l)[:, None].to(device)
     if coords is None:
         return c, lab
     return torch.cat([coords, c], 1), torch.cat([labels, lab], 1)
@@ -238,18 +240,20 @@ def interactive_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one step of simulated interactive segmentation over all objects of `examples`
     (plus, with `aux_head`, the dense auxiliary loss weighted by `config.aux_weight`)."""
-    images = torch.stack([e.image for e in examples])
+    device = model.pixel_mean.device
+    images = torch.stack([e.image for e in examples]).to(device)
     embeddings = model.image_encoder(model.preprocess(images))
     aux = None
     if aux_head is not None:
         aux = dense_aux_loss(aux_head, embeddings, [e.labels for e in examples])
     counts = [len(e.masks) for e in examples]
-    index = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts))
+    index = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts)).to(device)
     embeddings = embeddings[index]
     gt = np.concatenate([e.masks for e in examples])  # (N, S, S) bool
     low = model.prompt_encoder.mask_input_size
     factor = gt.shape[-1] // low[-1]
     gt_low = F.avg_pool2d(torch.from_numpy(gt).float()[:, None], factor)  # soft targets (N, 1, h, w)
+    gt_low_dev = gt_low.to(device)
     image_pe = model.prompt_encoder.get_dense_pe()
 
     u = rng.random()
@@ -261,13 +265,13 @@ def interactive_loss(
     coords = labels = boxes = mask_in = None
     if mode == "point":
         first = sample_positive_points(gt, rng)
-        coords, labels = _stack_points(None, None, first, np.ones(len(gt), np.int64))
+        coords, labels = _stack_points(None, None, first, np.ones(len(gt), np.int64), device)
     elif mode == "box":
-        boxes = torch.from_numpy(jitter_boxes(gt, rng))
+        boxes = torch.from_numpy(jitter_boxes(gt, rng)).to(device)
     else:
-        mask_in = torch.from_numpy(mask_prompt_from_gt(gt_low[:, 0].numpy() > 0.5, rng))
+        mask_in = torch.from_numpy(mask_prompt_from_gt(gt_low[:, 0].numpy() > 0.5, rng)).to(device)
 
-    total = torch.zeros(())
+    total = torch.zeros((), device=device)
     stats = {"focal": 0.0, "dice": 0.0, "iou_mse": 0.0, "iou_first": 0.0, "iou_last": 0.0}
     for r in range(config.rounds):
         multimask = mode == "point" and r == 0
@@ -275,7 +279,7 @@ def interactive_loss(
         sparse, dense = model.prompt_encoder(points, boxes, mask_in)
         logits, iou_pred = model.mask_decoder.predict_masks(embeddings, image_pe, sparse, dense)
         sel = slice(1, None) if multimask else slice(0, 1)
-        out = sam_loss(logits[:, sel], iou_pred[:, sel], gt_low, focal_weight=config.focal_weight,
+        out = sam_loss(logits[:, sel], iou_pred[:, sel], gt_low_dev, focal_weight=config.focal_weight,
                        dice_weight=config.dice_weight, iou_weight=config.iou_weight,
                        focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma)
         total = total + out.loss
@@ -290,8 +294,8 @@ def interactive_loss(
         mask_in = chosen
         if rng.random() < config.no_point_round_prob:
             continue  # a round with only the previous mask fed back, no new click
-        new_c, new_l = sample_correction_points(chosen[:, 0].numpy() > 0, gt, rng)
-        coords, labels = _stack_points(coords, labels, new_c, new_l)
+        new_c, new_l = sample_correction_points(chosen[:, 0].cpu().numpy() > 0, gt, rng)
+        coords, labels = _stack_points(coords, labels, new_c, new_l, device)
     if config.rounds == 1:
         stats["iou_last"] = stats["iou_first"]
     stats["mode"] = mode  # type: ignore[assignment]
@@ -399,26 +403,41 @@ def evaluate(
     """Mean IoU at full input resolution: one positive click (mask with the highest predicted IoU),
     an exact box, and `clicks` clicks (each new click from the error of the previous mask)."""
     model.eval()
+    device = model.pixel_mean.device
     res: dict[str, list[float]] = {"point_miou": [], "box_miou": [], f"click{clicks}_miou": []}
     for ex in examples:
-        emb = model.image_encoder(model.preprocess(ex.image[None]))
+        emb = model.image_encoder(model.preprocess(ex.image[None].to(device)))
         gt = ex.masks
-        gt_t = torch.from_numpy(gt)
-        coords = torch.from_numpy(sample_positive_points(gt, rng))[:, None]
-        labels = torch.ones(len(gt), 1, dtype=torch.int64)
+        gt_t = torch.from_numpy(gt).to(device)
+        coords = torch.from_numpy(sample_positive_points(gt, rng))[:, None].to(device)
+        labels = torch.ones(len(gt), 1, dtype=torch.int64, device=device)
         low, pred = _decode(model, emb, (coords, labels), None, None, True)
         res["point_miou"] += _iou_list(pred, gt_t)
-        boxes = torch.from_numpy(np.stack([jitter_boxes(m[None], rng, noise=0.0)[0] for m in gt]))
+        boxes = torch.from_numpy(np.stack([jitter_boxes(m[None], rng, noise=0.0)[0] for m in gt])).to(device)
         res["box_miou"] += _iou_list(_decode(model, emb, None, boxes, None, False)[1], gt_t)
         for _ in range(clicks - 1):
-            c, lab = sample_correction_points(pred.numpy(), gt, rng)
-            coords, labels = _stack_points(coords, labels, c, lab)
+            c, lab = sample_correction_points(pred.cpu().numpy(), gt, rng)
+            coords, labels = _stack_points(coords, labels, c, lab, device)
             low, pred = _decode(model, emb, (coords, labels), None, low, False)
         res[f"click{clicks}_miou"] += _iou_list(pred, gt_t)
     return {k: float(np.mean(v)) for k, v in res.items()}
 
 
 # --- the loop -----------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    """The training device: "auto" picks CUDA, then Apple MPS, then the CPU."""
+    if name != "auto":
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU; use device = 'cpu'")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -457,7 +476,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) ->
     """The deliverable format: {"model": state_dict, "config": SamConfig dict, "meta": plain data}."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"model": model.state_dict(), "config": model.config.to_dict(), "meta": meta}, tmp)
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": weights, "config": model.config.to_dict(), "meta": meta}, tmp)
     tmp.replace(path)
     return path
 
@@ -470,9 +490,12 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path, log_path = run_dir / "resume.pt", run_dir / "log.jsonl"
-    model = build_model(config)
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls: several times faster on recent GPUs
+    model = build_model(config).to(device)
     image_size = model.image_encoder.img_size
-    aux_head = DenseAuxHead(model.config.prompt_embed_dim) if config.aux_weight > 0 else None
+    aux_head = DenseAuxHead(model.config.prompt_embed_dim).to(device) if config.aux_weight > 0 else None
     optimizer = make_optimizer(model, config, aux_head)
     start = 0
     if resume:
@@ -484,7 +507,7 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
             aux_head.load_state_dict(state["aux_head"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
-        log(f"resuming {run_dir} at step {start}")
+        log(f"resuming {run_dir} at step {start} on {device}")
         if log_path.exists():  # drop records of steps after the checkpoint: they are redone
             kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= start]
             log_path.write_text("".join(ln + "\n" for ln in kept))
