@@ -4,7 +4,8 @@
 
 Every step is what a user does: open the sample, click cells, commit, segment everything,
 propagate through the 3-D sample. `--model tiny` uses the random-weight test model (checks the
-script, masks are meaningless); the default is the embedded model.
+script, masks are meaningless); a name or checkpoint file uses that model; the default is the
+embedded model.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def centers(labels: np.ndarray, n: int) -> list[tuple[int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default=None, help="'tiny' for a dry run; default: the embedded model")
+    parser.add_argument("--model", default=None,
+                        help="tiny (dry run), a model name or a checkpoint file (default: embedded)")
     args = parser.parse_args()
     import napari
 
@@ -68,6 +70,8 @@ def main() -> None:
         from sam_plugins.models.configs import TINY, build_sam
 
         model = build_sam(TINY)
+    elif args.model:
+        model = args.model  # a model name or checkpoint file: the widget loads it
     widget = annotate(viewer.layers["cells"], viewer=viewer, model=model)
     viewer.reset_view()
     shot(viewer, "1_widget")
