@@ -13,9 +13,10 @@ from torch import nn
 
 from .common import LayerNorm2d, MLPBlock
 
-# Queries are processed in chunks of this many rows in global attention, so that the
-# relative-position bias for one chunk stays small (it is never built for the whole map).
-ATTENTION_QUERY_CHUNK = 1024
+# Attention with the relative-position bias runs one head and one block of query rows at a time,
+# so that the bias block handed to the fused attention (batch x rows x keys) has at most this many
+# elements (4 MB in fp32) and is read back while still in cache: the whole bias is never built.
+ATTENTION_BIAS_ELEMENTS = 1 << 20
 
 
 class ImageEncoderViT(nn.Module):
@@ -200,7 +201,8 @@ def attention_with_rel_pos(
     """softmax(q k^T * scale + rel_h + rel_w) v for (B, nh, L, hd) inputs.
 
     The bias rel_h[i, kh] + rel_w[i, kw] uses the unscaled query, as in the official code. It is
-    built one query chunk at a time and handed to PyTorch's fused attention as an additive mask.
+    built for one head and one block of query rows at a time (at most ATTENTION_BIAS_ELEMENTS
+    elements) and handed to PyTorch's fused attention as an additive mask.
     """
     h, w = size
     rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (h, kh, hd)
@@ -209,16 +211,18 @@ def attention_with_rel_pos(
     r_q = q.reshape(b, nh, h, w, hd)
     rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).reshape(b, nh, length, h)
     rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(b, nh, length, w)
-    if length <= ATTENTION_QUERY_CHUNK:
-        bias = (rel_h[..., :, None] + rel_w[..., None, :]).reshape(b, nh, length, length)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    rows = max(1, min(length, ATTENTION_BIAS_ELEMENTS // (b * length)))
     out = torch.empty_like(q)
-    for start in range(0, length, ATTENTION_QUERY_CHUNK):
-        stop = min(start + ATTENTION_QUERY_CHUNK, length)
-        bias = (rel_h[:, :, start:stop, :, None] + rel_w[:, :, start:stop, None, :]).reshape(
-            b, nh, stop - start, length
-        )
-        out[:, :, start:stop] = F.scaled_dot_product_attention(q[:, :, start:stop], k, v, attn_mask=bias)
+    for head in range(nh):
+        hs = slice(head, head + 1)
+        for start in range(0, length, rows):
+            stop = min(start + rows, length)
+            bias = (rel_h[:, hs, start:stop, :, None] + rel_w[:, hs, start:stop, None, :]).reshape(
+                b, 1, stop - start, length
+            )
+            out[:, hs, start:stop] = F.scaled_dot_product_attention(
+                q[:, hs, start:stop], k[:, hs], v[:, hs], attn_mask=bias
+            )
     return out
 
 
