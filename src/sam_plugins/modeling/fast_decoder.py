@@ -229,28 +229,50 @@ def fast_transformer(
     return transformer.norm_final_attn(queries), keys
 
 
+#: The upscaling runs on blocks of about this many image tokens: each block's intermediate maps
+#: (2 MB for ViT-B) stay in cache from the first matmul to the mask logits.
+UPSCALE_BLOCK_TOKENS = 1024
+
+
+def _gelu_inplace(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(act, nn.GELU) and act.approximate == "none":
+        return torch.ops.aten.gelu_(x)
+    return act(x)
+
+
 def upscale_masks(
     upscaling: nn.Sequential, hyper_in: torch.Tensor, src: torch.Tensor, hw: tuple[int, ...]
 ) -> torch.Tensor:
     """Mask logits (B, T, 4h, 4w) = hyper_in (B, T, c) . output_upscaling(src), src (B, h*w, C) tokens.
 
     Each stride-2 ConvTranspose2d with a 2x2 kernel is one matmul per pixel in channels-last layout
-    (no mkldnn deconvolution, no layout copies); pixel order is restored once, on the T mask planes.
+    (no mkldnn deconvolution, no layout copies). Blocks of token rows run the whole chain (conv,
+    norm, GELU in place, conv, GELU, hypernetwork dot) while in cache, and each block's T mask
+    planes are written straight into their rows of the output.
     """
     conv1, norm, act1, conv2, act2 = upscaling
     b, length, c = src.shape
     h, w = hw
     c1, c2 = conv1.out_channels, conv2.out_channels
     w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C, [a, b, c1])
-    # matmul then in-place bias: on CPU addmm first copies the broadcast bias into its output
-    x = torch.matmul(src, w1).view(b, length * 4, c1).add_(conv1.bias)
-    x = act1(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
     w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, [a', b', c2])
-    x = act2(torch.mm(x.view(-1, c1), w2).add_(conv2.bias.repeat(4)))  # (B * L * 4, 4 * c2)
+    bias2 = conv2.bias.repeat(4)
     t = hyper_in.shape[1]
-    masks = torch.bmm(x.view(b, length * 16, c2), hyper_in.transpose(1, 2))  # (B, L * 16, T)
-    masks = masks.view(b, h, w, 2, 2, 2, 2, t).permute(0, 7, 1, 3, 5, 2, 4, 6)  # (B, T, i, a, a', j, b, b')
-    return masks.reshape(b, t, 4 * h, 4 * w)
+    hyper_t = hyper_in.transpose(1, 2)  # (B, c2, T)
+    out = torch.empty(b, t, 4 * h, 4 * w, dtype=src.dtype, device=src.device)
+    rows = max(1, UPSCALE_BLOCK_TOKENS // w)
+    for i in range(b):
+        for r0 in range(0, h, rows):
+            r1 = min(r0 + rows, h)
+            n = (r1 - r0) * w
+            # matmul then in-place bias: on CPU addmm first copies the broadcast bias into its output
+            x = torch.mm(src[i, r0 * w : r1 * w], w1).view(n * 4, c1).add_(conv1.bias)
+            x = _gelu_inplace(act1, F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+            x = _gelu_inplace(act2, torch.mm(x, w2).add_(bias2))  # (n * 4, 4 * c2)
+            m = torch.mm(x.view(n * 16, c2), hyper_t[i])  # (n * 16, T): rows (i, j, a, b, a', b')
+            m = m.view(r1 - r0, w, 2, 2, 2, 2, t).permute(6, 0, 2, 4, 1, 3, 5)  # (T, i, a, a', j, b, b')
+            out[i, :, 4 * r0 : 4 * r1] = m.reshape(t, 4 * (r1 - r0), 4 * w)
+    return out
 
 
 def _linear_resize_matrix(n_in: int, n_out: int, dtype: torch.dtype) -> torch.Tensor:

@@ -74,10 +74,15 @@ class MaskDecoder(nn.Module):
         image_embeddings has batch size 1 (one image, B prompts: the official convention) or B
         (one embedding per prompt set, as used in training).
         """
+        mask_slice = slice(1, None) if multimask_output else slice(0, 1)
+        if self.uses_fast_path():  # upscale only the masks that are returned
+            masks, iou_pred = self.predict_masks(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice
+            )
+            return masks, iou_pred[:, mask_slice]
         masks, iou_pred = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-        mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, mask_slice], iou_pred[:, mask_slice]
 
     #: On CPU the decoder is memory-bound: prompts run in chunks whose image-side tensors hold about
@@ -96,8 +101,9 @@ class MaskDecoder(nn.Module):
         image_pe: torch.Tensor,
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
+        mask_slice: slice | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predict all mask tokens' masks and IoUs (no multimask selection)."""
+        """Predict the masks of the mask tokens in `mask_slice` (default all) and all IoUs."""
         b = sparse_prompt_embeddings.shape[0]
         dense = self._shared_dense(dense_prompt_embeddings)
         chunk = self.chunk_size(image_embeddings, b)
@@ -105,7 +111,8 @@ class MaskDecoder(nn.Module):
             iou_pred, mask_tokens_out, src = self.predict_tokens(
                 image_embeddings, image_pe, sparse_prompt_embeddings, dense
             )
-            return self.masks_from_tokens(mask_tokens_out, src, image_embeddings.shape[-2:]), iou_pred
+            hw = image_embeddings.shape[-2:]
+            return self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice), iou_pred
         masks, ious = [], []
         for start in range(0, b, chunk):
             part = slice(start, start + chunk)
@@ -113,7 +120,8 @@ class MaskDecoder(nn.Module):
             iou_pred, mask_tokens_out, src = self.predict_tokens(
                 image_embeddings, image_pe, sparse_prompt_embeddings[part], part_dense
             )
-            masks.append(self.masks_from_tokens(mask_tokens_out, src, image_embeddings.shape[-2:]))
+            hw = image_embeddings.shape[-2:]
+            masks.append(self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice))
             ious.append(iou_pred)
         return torch.cat(masks), torch.cat(ious)
 
@@ -237,13 +245,16 @@ class MaskDecoder(nn.Module):
         embedding_hw: tuple[int, ...],
         *,
         exact: bool = False,
+        mask_slice: slice | None = None,
     ) -> torch.Tensor:
-        """Mask logits (B, T, 4h, 4w) from the transformer outputs of :meth:`predict_tokens`.
+        """Mask logits (B, T, 4h, 4w) from the transformer outputs of :meth:`predict_tokens`
+        (T = the mask tokens in `mask_slice`, default all).
 
         On the fast path the upscaling runs as channels-last matmuls (same function, ~1e-6 relative).
         """
+        chosen = range(len(self.output_hypernetworks_mlps))[mask_slice or slice(None)]
         hyper_in = torch.stack(
-            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in chosen], dim=1
         )
         if self.uses_fast_path(exact) and len(self.output_upscaling) == 5:
             return upscale_masks(self.output_upscaling, hyper_in, src.contiguous(), embedding_hw)
