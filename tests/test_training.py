@@ -403,3 +403,20 @@ def test_training_on_the_gpu_writes_a_cpu_loadable_checkpoint(tmp_path: Path):
     path = train(TrainConfig.from_dict(data), log=lambda s: None)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert all(t.device.type == "cpu" for t in ckpt["model"].values())
+
+
+def test_worker_processes_prepare_the_same_examples():
+    """data_workers > 0 prefetches each step's examples in other processes: same data as in-process."""
+    from sam_plugins.training.sources import make_sources, step_examples
+
+    config = TrainConfig.from_dict({**TrainConfig.from_file(CONFIGS / "train_tiny_test.toml").to_dict(),
+                                    "images_per_step": 2})
+    source = make_sources(config)[0]
+    here = list(step_examples(config, source, 256, 3, 6))
+    with_workers = TrainConfig.from_dict({**config.to_dict(), "data_workers": 2})
+    there = list(step_examples(with_workers, source, 256, 3, 6))
+    assert len(here) == len(there) == 3
+    for a, b in zip(here, there, strict=True):
+        assert len(a) == len(b) == 2
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x.image, y.image) and np.array_equal(x.masks, y.masks)

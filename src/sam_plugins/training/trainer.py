@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -22,9 +22,15 @@ from torch.nn import functional as F
 
 from ..models.configs import OFFICIAL_CONFIGS, SMALL_CONFIGS, SamConfig, build_sam
 from .aux_head import DenseAuxHead, dense_aux_loss
-from .data import AugmentConfig, TrainExample, as_pair, make_example
+from .data import TrainExample
 from .losses import sam_loss
 from .prompts import jitter_boxes, mask_prompt_from_gt, sample_correction_points, sample_positive_points
+from .sources import draw_examples, make_sources, split_dataset, step_examples
+
+__all__ = [  # the data-source helpers live in sources.py; importable from here as before
+    "TrainConfig", "build_model", "draw_examples", "evaluate", "interactive_loss", "lr_factor",
+    "make_optimizer", "make_sources", "save_checkpoint", "split_dataset", "train",
+]
 
 
 @dataclass
@@ -77,6 +83,7 @@ class TrainConfig:
     # bookkeeping
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = leave torch's default (1 is fastest on a busy shared CPU)
+    data_workers: int = 0  # > 0: processes that prepare the next steps' examples (for GPU training)
     device: str = "auto"  # "auto" (cuda, then mps, then cpu), or a torch device such as "cpu", "cuda:1"
     checkpoint_every: int = 250
     log_every: int = 10
@@ -133,88 +140,6 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         init_weights(model, torch.Generator().manual_seed(config.seed), scheme=config.init,
                      qk_gain=config.init_qk_gain)
     return model
-
-
-# --- data sources --------------------------------------------------------------------------
-
-
-class _GeneratedSource(Sequence):
-    """Synthetic images from `generate_sample`, one independent stream per index."""
-
-    def __init__(self, seed: int, stream: int, size: int, kwargs: dict, cache: bool) -> None:
-        from .synthetic import SyntheticConfig, generate_sample
-
-        self._gen = generate_sample
-        self._cfg = SyntheticConfig(**kwargs) if kwargs else None
-        self.seed, self.stream, self.size, self.cache = seed, stream, size, cache
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if index in self._cache:
-            return self._cache[index]
-        rng = np.random.default_rng([self.seed, self.stream, index])
-        pair = as_pair(self._gen(rng, self._cfg))
-        if self.cache:
-            self._cache[index] = pair
-        return pair
-
-
-def make_sources(config: TrainConfig) -> tuple[Sequence, Sequence]:
-    """(train, validation) sources of (image, labels) pairs for a config."""
-    if config.data == "synthetic":
-        pool = config.train_pool if config.train_pool > 0 else 2**31 - 1
-        train = _GeneratedSource(config.seed, 1, pool, config.synthetic, cache=config.train_pool > 0)
-        val = _GeneratedSource(config.seed, 2, config.val_images, config.synthetic, cache=True)
-        return train, val
-    if config.data == "folder":
-        from .data import FolderDataset, warn_small_dataset
-
-        if not config.images_dir or not config.labels_dir:
-            raise ValueError("data = 'folder' needs images_dir and labels_dir")
-        full = FolderDataset(config.images_dir, config.labels_dir)
-        return split_dataset(full, config.val_fraction, config.seed, warn_small_dataset)
-    raise ValueError(f"unknown data source {config.data!r} (synthetic or folder)")
-
-
-def split_dataset(
-    full: Sequence, val_fraction: float, seed: int, warn: Callable[[int], None] | None = None
-) -> tuple[Sequence, Sequence]:
-    """Split into train/val index subsets (at least one validation item when len > 1)."""
-    order = np.random.default_rng(seed).permutation(len(full))
-    n_val = min(max(1, round(val_fraction * len(full))), len(full) - 1) if len(full) > 1 else 0
-    val_idx, train_idx = order[:n_val], order[n_val:]
-    if warn is not None:
-        warn(len(train_idx))
-    train = [full[int(i)] for i in train_idx]
-    val = [full[int(i)] for i in val_idx] or train[:1]
-    return train, val
-
-
-def draw_examples(
-    source: Sequence, rng: np.random.Generator, n: int, config: TrainConfig, image_size: int, augment: bool
-) -> list[TrainExample]:
-    """`n` prepared examples with at least one object each (a few retries per empty crop).
-
-    With augmentation items are drawn at random; without (validation) they are taken in order.
-    """
-    aug = AugmentConfig(**config.augment) if augment else None
-    out: list[TrainExample] = []
-    for attempt in range(50 * n):
-        if len(out) == n:
-            break
-        index = int(rng.integers(len(source))) if augment else attempt % len(source)
-        image, labels = as_pair(source[index])
-        ex = make_example(image, labels, rng, image_size=image_size, crop_size=config.crop_size,
-                          max_objects=config.objects_per_image, min_area=config.min_area, augment=aug,
-                          channel=config.channel)
-        if ex is not None:
-            out.append(ex)
-    if len(out) < n:
-        raise ValueError("could not draw training crops with objects; check the labels and min_area")
-    return out
 
 
 # --- one optimisation step -------------------------------------------------------------------
@@ -536,12 +461,12 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     window: list[dict[str, Any]] = []
     t_last, val = time.perf_counter(), {}
     with log_path.open("a") as logf:
-        for step in range(start, config.steps):
-            rng = np.random.default_rng([config.seed, 0, step])
+        batches = step_examples(config, train_src, image_size, start, config.steps)
+        for step, examples in zip(range(start, config.steps), batches, strict=True):
+            rng = np.random.default_rng([config.seed, 6, step])  # prompts and corrections
             scale = lr_factor(step, config)
             for g in optimizer.param_groups:
                 g["lr"] = config.lr * scale * g.get("lr_scale", 1.0)
-            examples = draw_examples(train_src, rng, config.images_per_step, config, image_size, augment=True)
             loss, stats = interactive_loss(model, examples, rng, config, aux_head)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
