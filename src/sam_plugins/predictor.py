@@ -18,7 +18,6 @@ from torch.nn import functional as F
 from .embeddings import ImageEmbedding, image_hash, model_fingerprint
 from .images import prepare_image
 from .modeling import Sam
-from .modeling.fast_decoder import fast_postprocess_applies
 from .modeling.fast_decoder import postprocess_masks as fast_postprocess
 
 __all__ = ["ResizeLongestSide", "SamPredictor"]
@@ -310,10 +309,8 @@ class SamPredictor:
             multimask_output=multimask_output,
         )
         img_size = self.model.image_encoder.img_size
-        if self.model.mask_decoder.uses_fast_path() and fast_postprocess_applies(
-            img_size, self.original_size
-        ):
-            # the same two bilinear resizes, composed into two small matmuls (~1e-6 relative)
+        if self.model.mask_decoder.uses_fast_path():
+            # the same two bilinear resizes, composed per axis into a few weighted rows (~1e-6 relative)
             masks = fast_postprocess(low_res_masks, img_size, self.input_size, self.original_size)
         else:
             masks = self.model.postprocess_masks(low_res_masks, self.input_size, self.original_size)

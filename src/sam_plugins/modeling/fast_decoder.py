@@ -285,11 +285,6 @@ def _linear_resize_matrix(n_in: int, n_out: int, dtype: torch.dtype) -> torch.Te
     return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].t().double()
 
 
-def fast_postprocess_applies(img_size: int, original_size: tuple[int, ...]) -> bool:
-    """Whether :func:`postprocess_masks` beats the two interpolations: always (kept for callers)."""
-    return True
-
-
 @dataclass
 class _Band:
     """A banded (n_out, n_in) resize matrix: out[i] = sum_k weight[i, k] * x[index[i, k]]."""
