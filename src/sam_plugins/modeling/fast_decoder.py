@@ -16,6 +16,7 @@ independent image side of the first block is cached while the image embedding is
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +44,33 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 def version_or_none(t: torch.Tensor) -> int | None:
     """In-place modification counter; None for inference tensors, which have none."""
     return None if t.is_inference() else t._version
+
+
+_WORKSPACES = threading.local()
+
+
+def workspace(name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A scratch tensor of this thread, reused from call to call (contents undefined).
+
+    A click allocates tens of MB of temporaries; fresh large allocations are mmapped by glibc and
+    page-faulted in again on every call, which cost ~20% of a click. Only temporaries that never
+    leave the function that asked for them may live here.
+    """
+    store = getattr(_WORKSPACES, "tensors", None)
+    if store is None:
+        store = _WORKSPACES.tensors = {}
+    key = (name, like.dtype, like.device, torch.is_inference_mode_enabled())
+    size = math.prod(shape)
+    buf = store.get(key)
+    if buf is None or buf.numel() < size:
+        buf = store[key] = torch.empty(size, dtype=like.dtype, device=like.device)
+    return buf[:size].view(shape)
+
+
+def _add(name: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a + b into a workspace (a temporary)."""
+    shape = torch.broadcast_shapes(a.shape, b.shape)
+    return torch.add(a, b, out=workspace(name, tuple(shape), a))
 
 
 @dataclass
@@ -149,6 +177,7 @@ def image_to_token_update(
     *,
     kp: torch.Tensor | None = None,
     cached_q: torch.Tensor | None = None,
+    scratch: str | None = None,
 ) -> torch.Tensor:
     """``norm(keys + attn(q=kp, k=tq, v=tv))`` for image keys (B or 1, L, C).
 
@@ -177,8 +206,17 @@ def image_to_token_update(
     m = torch.matmul(v, w_out).reshape(b, heads * n, c) + attn.out_proj.bias / heads  # (B, H*N, C)
     if keys.shape[0] != b:
         keys = keys.expand(b, -1, -1)
-    x = torch.baddbmm(keys, scores.transpose(1, 2), m)
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    x = torch.baddbmm(keys, scores.transpose(1, 2), m, out=workspace("i2t", (b, length, c), keys))
+    if scratch is None:
+        return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    # a temporary of the caller: normalise into the workspace `scratch`
+    out = workspace(scratch, tuple(x.shape), x)
+    stats = workspace(scratch + "_stats", (2, *x.shape[:-1], 1), x)
+    shape = list(norm.normalized_shape)
+    torch.ops.aten.native_layer_norm.out(
+        x, shape, norm.weight, norm.bias, norm.eps, out0=out, out1=stats[0], out2=stats[1]
+    )
+    return out
 
 
 def fast_transformer(
@@ -205,16 +243,19 @@ def fast_transformer(
             attn_out = token_to_image_cached(t2i, queries + point_embedding, side)
             kp = None
         else:
-            kp = keys + pe
+            kp = _add("kp", keys, pe)
             attn_out = token_to_image(t2i, queries + point_embedding, keys, kp)
         queries = block.norm2(queries + attn_out)
         queries = block.norm3(queries + block.mlp(queries))
 
         tq = queries + point_embedding
+        # every block's image tokens but the last (returned) are temporaries: two alternating workspaces
+        scratch = f"keys{i % 2}" if i < len(transformer.layers) - 1 else None
         if shared:
-            keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, cached_q=side.i2t_q)
+            keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, cached_q=side.i2t_q,
+                                         scratch=scratch)
         else:
-            keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, kp=kp)
+            keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, kp=kp, scratch=scratch)
 
     if keys.shape[0] != queries.shape[0]:  # depth 0: the image side was never made prompt-specific
         keys = keys.expand(queries.shape[0], -1, -1)
@@ -224,7 +265,7 @@ def fast_transformer(
     if iou_only:
         attn_out = token_to_image(final, queries + point_embedding, keys, pe=pe)
     else:
-        attn_out = token_to_image(final, queries + point_embedding, keys, keys + pe)
+        attn_out = token_to_image(final, queries + point_embedding, keys, _add("kp", keys, pe))
     queries = queries + attn_out
     return transformer.norm_final_attn(queries), keys
 
@@ -261,15 +302,18 @@ def upscale_masks(
     hyper_t = hyper_in.transpose(1, 2)  # (B, c2, T)
     out = torch.empty(b, t, 4 * h, 4 * w, dtype=src.dtype, device=src.device)
     rows = max(1, UPSCALE_BLOCK_TOKENS // w)
+    ws1 = workspace("up1", (rows * w, 4 * c1), src)
+    ws2 = workspace("up2", (rows * w * 4, 4 * c2), src)
+    ws3 = workspace("up3", (rows * w * 16, t), src)
     for i in range(b):
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
             n = (r1 - r0) * w
             # matmul then in-place bias: on CPU addmm first copies the broadcast bias into its output
-            x = torch.mm(src[i, r0 * w : r1 * w], w1).view(n * 4, c1).add_(conv1.bias)
+            x = torch.mm(src[i, r0 * w : r1 * w], w1, out=ws1[:n]).view(n * 4, c1).add_(conv1.bias)
             x = _gelu_inplace(act1, F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-            x = _gelu_inplace(act2, torch.mm(x, w2).add_(bias2))  # (n * 4, 4 * c2)
-            m = torch.mm(x.view(n * 16, c2), hyper_t[i])  # (n * 16, T): rows (i, j, a, b, a', b')
+            x = _gelu_inplace(act2, torch.mm(x, w2, out=ws2[: n * 4]).add_(bias2))  # (n * 4, 4 * c2)
+            m = torch.mm(x.view(n * 16, c2), hyper_t[i], out=ws3[: n * 16])  # rows (i, j, a, b, a', b')
             m = m.view(r1 - r0, w, 2, 2, 2, 2, t).permute(6, 0, 2, 4, 1, 3, 5)  # (T, i, a, a', j, b, b')
             out[i, :, 4 * r0 : 4 * r1] = m.reshape(t, 4 * (r1 - r0), 4 * w)
     return out
@@ -306,11 +350,15 @@ class _Band:
         weight = torch.where(inside, matrix.gather(1, index), 0.0)
         return cls(index.to(device), weight.to(device, dtype))
 
-    def apply_rows(self, x: torch.Tensor) -> torch.Tensor:
+    def apply_rows(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Resize the second-to-last axis of x (rows are gathered whole, so it stays cheap)."""
-        out = x.index_select(-2, self.index[:, 0]) * self.weight[:, 0, None]
-        for k in range(1, self.index.shape[1]):
-            out.addcmul_(x.index_select(-2, self.index[:, k]), self.weight[:, k, None])
+        shape = (*x.shape[:-2], self.index.shape[0], x.shape[-1])
+        out = torch.index_select(x, -2, self.index[:, 0], out=out if out is not None else x.new_empty(shape))
+        out.mul_(self.weight[:, 0, None])
+        if self.index.shape[1] > 1:
+            tmp = workspace("band", shape, x)
+            for k in range(1, self.index.shape[1]):
+                out.addcmul_(torch.index_select(x, -2, self.index[:, k], out=tmp), self.weight[:, k, None])
         return out
 
 
@@ -340,6 +388,8 @@ def postprocess_masks(
             _RESIZE_CACHE.clear()
         _RESIZE_CACHE[key] = bands
     row_band, col_band = bands
-    out = row_band.apply_rows(masks)
-    out = col_band.apply_rows(out.transpose(-1, -2).contiguous())
-    return out.transpose(-1, -2)
+    lead, n_rows = tuple(masks.shape[:-2]), len(row_band.index)
+    rows = row_band.apply_rows(masks, out=workspace("rows", (*lead, n_rows, w), masks))
+    cols_first = workspace("rows_t", (*lead, w, n_rows), masks)
+    cols_first.copy_(rows.transpose(-1, -2))
+    return col_band.apply_rows(cols_first).transpose(-1, -2)
