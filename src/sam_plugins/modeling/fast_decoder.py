@@ -220,11 +220,17 @@ def image_to_token_update(
 
 
 def fast_transformer(
-    transformer: nn.Module, side: ImageSide, point_embedding: torch.Tensor, *, iou_only: bool = False
+    transformer: nn.Module,
+    side: ImageSide,
+    point_embedding: torch.Tensor,
+    *,
+    iou_only: bool = False,
+    rows: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as ``TwoWayTransformer.forward`` (to float reassociation): tokens (B, N, C), keys.
 
-    ``iou_only``: the final token-to-image attention runs for the first token only (returns (B, 1, C)).
+    ``rows``: the final token-to-image attention runs for these tokens only and only they are
+    returned ((B, len(rows), C)); ``iou_only`` is ``rows=[0]``.
     """
     queries = point_embedding
     keys = side.keys
@@ -260,9 +266,11 @@ def fast_transformer(
     if keys.shape[0] != queries.shape[0]:  # depth 0: the image side was never made prompt-specific
         keys = keys.expand(queries.shape[0], -1, -1)
     if iou_only:
-        queries, point_embedding = queries[:, :1], point_embedding[:, :1]
+        rows = [0]
+    if rows is not None:  # the final attention only for the tokens whose output is used
+        queries, point_embedding = queries[:, rows], point_embedding[:, rows]
     final = transformer.final_attn_token_to_image
-    if iou_only:
+    if queries.shape[1] == 1:
         attn_out = token_to_image(final, queries + point_embedding, keys, pe=pe)
     else:
         attn_out = token_to_image(final, queries + point_embedding, keys, _add("kp", keys, pe))

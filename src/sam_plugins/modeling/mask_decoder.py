@@ -109,7 +109,7 @@ class MaskDecoder(nn.Module):
         chunk = self.chunk_size(image_embeddings, b)
         if image_embeddings.shape[0] != 1 or b <= chunk:
             iou_pred, mask_tokens_out, src = self.predict_tokens(
-                image_embeddings, image_pe, sparse_prompt_embeddings, dense
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice=mask_slice
             )
             hw = image_embeddings.shape[-2:]
             return self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice), iou_pred
@@ -118,7 +118,7 @@ class MaskDecoder(nn.Module):
             part = slice(start, start + chunk)
             part_dense = dense if dense.shape[0] == 1 else dense[part]
             iou_pred, mask_tokens_out, src = self.predict_tokens(
-                image_embeddings, image_pe, sparse_prompt_embeddings[part], part_dense
+                image_embeddings, image_pe, sparse_prompt_embeddings[part], part_dense, mask_slice=mask_slice
             )
             hw = image_embeddings.shape[-2:]
             masks.append(self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice))
@@ -140,8 +140,12 @@ class MaskDecoder(nn.Module):
         dense_prompt_embeddings: torch.Tensor,
         *,
         exact: bool = False,
+        mask_slice: slice | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the transformer: IoU predictions (B, T), mask-token outputs (B, T, C), image tokens (B, hw, C).
+
+        With ``mask_slice`` only those mask tokens' outputs are returned (and, on the fast path,
+        computed by the final attention).
 
         The masks themselves (the costly upscaling) come from :meth:`masks_from_tokens`, so callers
         can skip them for prompts whose predicted IoU they discard. ``exact``: the plain path, whose
@@ -151,6 +155,10 @@ class MaskDecoder(nn.Module):
         dense = self._shared_dense(dense_prompt_embeddings)
         if self.uses_fast_path(exact):
             side = self._image_side(image_embeddings, image_pe, dense, tokens.shape[0])
+            if mask_slice is not None:
+                rows = [0] + [1 + i for i in range(self.num_mask_tokens)[mask_slice]]
+                hs, src = fast_transformer(self.transformer, side, tokens, rows=rows)
+                return self.iou_prediction_head(hs[:, 0, :]), hs[:, 1:], src
             hs, src = fast_transformer(self.transformer, side, tokens)
         else:
             # The image side stays at batch 1 while it is the same for every prompt (no mask input):
@@ -158,7 +166,10 @@ class MaskDecoder(nn.Module):
             src = self._check_batch(image_embeddings + dense, tokens.shape[0])
             hs, src = self.transformer(src, image_pe, tokens)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
-        return iou_pred, hs[:, 1 : (1 + self.num_mask_tokens), :], src
+        mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
+        if mask_slice is not None:
+            mask_tokens_out = mask_tokens_out[:, mask_slice]
+        return iou_pred, mask_tokens_out, src
 
     def predict_ious(
         self,
@@ -247,14 +258,16 @@ class MaskDecoder(nn.Module):
         exact: bool = False,
         mask_slice: slice | None = None,
     ) -> torch.Tensor:
-        """Mask logits (B, T, 4h, 4w) from the transformer outputs of :meth:`predict_tokens`
-        (T = the mask tokens in `mask_slice`, default all).
+        """Mask logits (B, T, 4h, 4w) from the transformer outputs of :meth:`predict_tokens`.
+
+        ``mask_slice``: ``mask_tokens_out`` holds only these mask tokens (as returned by
+        ``predict_tokens(..., mask_slice=...)``); default all of them.
 
         On the fast path the upscaling runs as channels-last matmuls (same function, ~1e-6 relative).
         """
         chosen = range(len(self.output_hypernetworks_mlps))[mask_slice or slice(None)]
         hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in chosen], dim=1
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, j, :]) for j, i in enumerate(chosen)], dim=1
         )
         if self.uses_fast_path(exact) and len(self.output_upscaling) == 5:
             return upscale_masks(self.output_upscaling, hyper_in, src.contiguous(), embedding_hw)
