@@ -87,6 +87,18 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model
 
 
+def prompt_args(kind: str, points, boxes, masks) -> tuple:
+    """(points, boxes, masks) arguments of the prompt encoder for one prompt kind."""
+    return {
+        "points": (points, None, None),
+        "box": (None, boxes, None),
+        "points+box": (points, boxes, None),
+        "mask": (None, None, masks),
+        "points+mask": (points, None, masks),
+        "nothing": (None, None, None),
+    }[kind]
+
+
 def make_pair(config: SamConfig, seed: int = 0):
     """(official, ours) built from `config`, with the same random weights loaded strictly."""
     official = randomize_(build_official(config), seed)

@@ -14,7 +14,7 @@ import torch
 from skimage import data
 from torch.nn import functional as F
 
-from conftest import make_pair
+from conftest import make_pair, prompt_args
 from reference import import_segment_anything, install_cv2_stand_in, install_pycocotools_stand_in
 from sam_plugins.automatic import SamAutomaticMaskGenerator
 from sam_plugins.modeling.fast_decoder import postprocess_masks, same_bits, upscale_masks
@@ -32,13 +32,7 @@ def _inputs(model, kind: str, n: int = 3, seed: int = 0):
     points = (torch.rand(n, 2, 2, generator=g) * size, torch.tensor([[1, 0]] * n))
     boxes = torch.sort(torch.rand(n, 2, 2, generator=g) * size, dim=1).values.reshape(n, 4)
     masks = torch.randn(n, 1, 4 * h, 4 * w, generator=g) * 3
-    args = {
-        "points": (points, None, None),
-        "box": (None, boxes, None),
-        "points+box": (points, boxes, None),
-        "mask": (None, None, masks),
-        "points+mask": (points, None, masks),
-    }[kind]
+    args = prompt_args(kind, points, boxes, masks)
     emb = torch.randn(1, pe_mod.embed_dim, h, w, generator=g)
     with torch.no_grad():
         sparse, dense = pe_mod(*args)

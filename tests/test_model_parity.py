@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import build_official, make_pair
+from conftest import build_official, make_pair, prompt_args
 from reference import import_segment_anything
 from sam_plugins.modeling.image_encoder import get_rel_pos
 from sam_plugins.models.configs import TINY, VIT_B, VIT_H, VIT_L, build_sam, count_parameters
@@ -40,14 +40,7 @@ def test_image_embeddings_match(tiny_outputs):
 def test_prompt_embeddings_and_masks_match(tiny_outputs, kind, multimask):
     official, ours, ref_emb, _ = tiny_outputs
     points, boxes, masks = _prompts(TINY.image_size)
-    args = {
-        "points": (points, None, None),
-        "box": (None, boxes, None),
-        "points+box": (points, boxes, None),
-        "mask": (None, None, masks),
-        "points+mask": (points, None, masks),
-        "nothing": (None, None, None),
-    }[kind]
+    args = prompt_args(kind, points, boxes, masks)
     with torch.no_grad():
         s_ref, d_ref = official.prompt_encoder(*args)
         s_out, d_out = ours.prompt_encoder(*args)

@@ -224,13 +224,12 @@ def fast_transformer(
     side: ImageSide,
     point_embedding: torch.Tensor,
     *,
-    iou_only: bool = False,
     rows: list[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as ``TwoWayTransformer.forward`` (to float reassociation): tokens (B, N, C), keys.
 
     ``rows``: the final token-to-image attention runs for these tokens only and only they are
-    returned ((B, len(rows), C)); ``iou_only`` is ``rows=[0]``.
+    returned ((B, len(rows), C)); ``rows=[0]`` gives the IoU token alone.
     """
     queries = point_embedding
     keys = side.keys
@@ -265,8 +264,6 @@ def fast_transformer(
 
     if keys.shape[0] != queries.shape[0]:  # depth 0: the image side was never made prompt-specific
         keys = keys.expand(queries.shape[0], -1, -1)
-    if iou_only:
-        rows = [0]
     if rows is not None:  # the final attention only for the tokens whose output is used
         queries, point_embedding = queries[:, rows], point_embedding[:, rows]
     final = transformer.final_attn_token_to_image

@@ -107,11 +107,11 @@ class MaskDecoder(nn.Module):
         b = sparse_prompt_embeddings.shape[0]
         dense = self._shared_dense(dense_prompt_embeddings)
         chunk = self.chunk_size(image_embeddings, b)
+        hw = image_embeddings.shape[-2:]
         if image_embeddings.shape[0] != 1 or b <= chunk:
             iou_pred, mask_tokens_out, src = self.predict_tokens(
                 image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice=mask_slice
             )
-            hw = image_embeddings.shape[-2:]
             return self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice), iou_pred
         masks, ious = [], []
         for start in range(0, b, chunk):
@@ -120,7 +120,6 @@ class MaskDecoder(nn.Module):
             iou_pred, mask_tokens_out, src = self.predict_tokens(
                 image_embeddings, image_pe, sparse_prompt_embeddings[part], part_dense, mask_slice=mask_slice
             )
-            hw = image_embeddings.shape[-2:]
             masks.append(self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice))
             ious.append(iou_pred)
         return torch.cat(masks), torch.cat(ious)
@@ -155,21 +154,17 @@ class MaskDecoder(nn.Module):
         dense = self._shared_dense(dense_prompt_embeddings)
         if self.uses_fast_path(exact):
             side = self._image_side(image_embeddings, image_pe, dense, tokens.shape[0])
-            if mask_slice is not None:
-                rows = [0] + [1 + i for i in range(self.num_mask_tokens)[mask_slice]]
-                hs, src = fast_transformer(self.transformer, side, tokens, rows=rows)
-                return self.iou_prediction_head(hs[:, 0, :]), hs[:, 1:], src
-            hs, src = fast_transformer(self.transformer, side, tokens)
+            # the final attention only for the IoU token and the chosen mask tokens
+            chosen = range(self.num_mask_tokens)[mask_slice or slice(None)]
+            hs, src = fast_transformer(self.transformer, side, tokens, rows=[0] + [1 + i for i in chosen])
+            mask_tokens_out = hs[:, 1:]
         else:
             # The image side stays at batch 1 while it is the same for every prompt (no mask input):
             # the first transformer block then computes its image projections once.
             src = self._check_batch(image_embeddings + dense, tokens.shape[0])
             hs, src = self.transformer(src, image_pe, tokens)
-        iou_pred = self.iou_prediction_head(hs[:, 0, :])
-        mask_tokens_out = hs[:, 1 : (1 + self.num_mask_tokens), :]
-        if mask_slice is not None:
-            mask_tokens_out = mask_tokens_out[:, mask_slice]
-        return iou_pred, mask_tokens_out, src
+            mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens][:, mask_slice or slice(None)]
+        return self.iou_prediction_head(hs[:, 0, :]), mask_tokens_out, src
 
     def predict_ious(
         self,
@@ -186,7 +181,7 @@ class MaskDecoder(nn.Module):
         tokens = self._tokens(sparse_prompt_embeddings)
         dense = self._shared_dense(dense_prompt_embeddings)
         side = self._image_side(image_embeddings, image_pe, dense, tokens.shape[0])
-        hs, _ = fast_transformer(self.transformer, side, tokens, iou_only=True)
+        hs, _ = fast_transformer(self.transformer, side, tokens, rows=[0])
         return self.iou_prediction_head(hs[:, 0, :])
 
     def _tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:

@@ -105,11 +105,14 @@ def step_rng(config: TrainConfig, step: int) -> np.random.Generator:
 
 
 class _StepExamples(torch.utils.data.Dataset):
-    """Item i = the examples of step `start + i`; the image source is built inside each worker."""
+    """Item i = the examples of step `start + i`. Without a `source` (in worker processes) the image
+    source is built on first use, inside each worker."""
 
-    def __init__(self, config: TrainConfig, image_size: int, start: int, stop: int) -> None:
+    def __init__(
+        self, config: TrainConfig, image_size: int, start: int, stop: int, source: Sequence | None = None
+    ) -> None:
         self.config, self.image_size, self.start, self.stop = config, image_size, start, stop
-        self._source: Sequence | None = None
+        self._source = source
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -132,9 +135,8 @@ def step_examples(
     """The examples of steps start..stop-1: drawn here, or with `config.data_workers` > 0 prepared
     ahead by that many processes (a GPU otherwise waits for the CPU-side generation and augmentation)."""
     if config.data_workers <= 0:
-        for step in range(start, stop):
-            yield draw_examples(source, step_rng(config, step), config.images_per_step, config,
-                                image_size, augment=True)
+        here = _StepExamples(config, image_size, start, stop, source)
+        yield from (here[i] for i in range(len(here)))
         return
     loader = torch.utils.data.DataLoader(
         _StepExamples(config, image_size, start, stop), batch_size=None, shuffle=False,
