@@ -256,6 +256,9 @@ def test_config_file_and_unknown_keys(tmp_path: Path):
     path.write_text(json.dumps({"stpes": 3}))
     with pytest.raises(ValueError, match="stpes"):
         TrainConfig.from_file(path)
+    # every shipped config parses
+    for file in CONFIGS.glob("*.toml"):
+        TrainConfig.from_file(file)
 
 
 def test_train_resume_from_config(tmp_path: Path):
@@ -420,3 +423,53 @@ def test_worker_processes_prepare_the_same_examples():
         assert len(a) == len(b) == 2
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x.image, y.image) and np.array_equal(x.masks, y.masks)
+
+
+def test_resize_input_keeps_the_weights_at_a_new_input_size(tmp_path: Path):
+    from sam_plugins.models.configs import resize_input
+
+    torch.manual_seed(0)
+    model = build_sam(TINY)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    same = resize_input(model, TINY.image_size)
+    image = torch.rand(1, 3, TINY.image_size, TINY.image_size) * 255
+    with torch.no_grad():
+        x = model.preprocess(image)
+        assert torch.equal(same.image_encoder(x), model.image_encoder(x))
+
+    big = resize_input(model, 384, window_size=9)
+    assert big.config == TINY.replace(image_size=384, window_size=9)
+    grid = 384 // TINY.patch_size
+    state, old = big.state_dict(), model.state_dict()
+    assert state["image_encoder.pos_embed"].shape == (1, grid, grid, TINY.encoder_embed_dim)
+    for key, table in state.items():
+        if key.endswith(".attn.rel_pos_h"):
+            block = int(key.split(".")[2])
+            extent = grid if block in TINY.encoder_global_attn_indexes else 9
+            assert table.shape[0] == 2 * extent - 1
+        elif "pos" not in key:
+            assert torch.equal(table, old[key]), key
+    # it runs at the new size and is saved and reloaded like any checkpoint
+    with torch.no_grad():
+        embedding = big.image_encoder(torch.zeros(1, 3, 384, 384))
+    assert embedding.shape[-2:] == (grid, grid)
+    path = tmp_path / "big.pt"
+    save_checkpoint(path, big, {})
+    from sam_plugins import load_model
+
+    assert load_model(path, device="cpu").config == big.config
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        resize_input(model, 390)
+
+
+def test_training_from_a_checkpoint_at_another_input_size(tmp_path: Path):
+    from sam_plugins.training.trainer import build_model
+
+    start = tmp_path / "start.pt"
+    torch.manual_seed(0)
+    save_checkpoint(start, build_sam(TINY), {})
+    model = build_model(TrainConfig(init_checkpoint=str(start), model_config={"image_size": 320}))
+    assert model.config.image_size == 320 and model.config.window_size == TINY.window_size
+    with pytest.raises(ValueError, match="cannot change the architecture"):
+        build_model(TrainConfig(init_checkpoint=str(start), model_config={"encoder_depth": 3}))

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
@@ -133,6 +134,37 @@ def build_sam(config: SamConfig) -> Sam:
     sam.config = config
     sam.eval()
     return sam
+
+
+def resize_input(model: Sam, image_size: int, window_size: int | None = None) -> Sam:
+    """A copy of `model` for another input size (and encoder window), to fine-tune from.
+
+    Every weight is kept; the absolute position embedding is resampled (bicubic) to the new token
+    grid and the relative-position tables (linear) to the new attention extents, so the copy
+    starts close to the original network seen at a larger zoom. Fine-tune it afterwards: the
+    copy is a starting point, not an equivalent network.
+    """
+    config = model.config
+    window_size = config.window_size if window_size is None else window_size
+    new = config.replace(image_size=image_size, window_size=window_size)
+    if new.image_size % new.patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of the patch size {new.patch_size}")
+    state = dict(model.state_dict())
+    grid = new.embedding_size
+    pos = state["image_encoder.pos_embed"].permute(0, 3, 1, 2)
+    pos = F.interpolate(pos, size=(grid, grid), mode="bicubic", align_corners=False)
+    state["image_encoder.pos_embed"] = pos.permute(0, 2, 3, 1).contiguous()
+    for key, table in state.items():
+        if key.endswith((".attn.rel_pos_h", ".attn.rel_pos_w")):
+            block = int(key.split(".")[2])
+            extent = grid if block in config.encoder_global_attn_indexes else window_size
+            if table.shape[0] != 2 * extent - 1:
+                state[key] = F.interpolate(table.t()[None], size=2 * extent - 1, mode="linear",
+                                           align_corners=False)[0].t().contiguous()
+    resized = build_sam(new)
+    resized.load_state_dict(state)
+    resized.train(model.training)
+    return resized.to(next(model.parameters()).device)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..models.configs import OFFICIAL_CONFIGS, SMALL_CONFIGS, SamConfig, build_sam
+from ..models.configs import OFFICIAL_CONFIGS, SMALL_CONFIGS, SamConfig, build_sam, resize_input
 from .aux_head import DenseAuxHead, dense_aux_loss
 from .data import TrainExample
 from .losses import sam_loss
@@ -133,8 +133,15 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         from ..models.registry import load_model
 
         model = load_model(config.init_checkpoint, device="cpu", progress=config.progress)
+        resizable = {"image_size", "window_size"}
+        if set(config.model_config) - resizable:
+            raise ValueError(
+                "model_config cannot change the architecture of init_checkpoint; only "
+                f"{sorted(resizable)} may be given (the weights are resampled to them)"
+            )
         if config.model_config:
-            raise ValueError("model_config cannot change the architecture of init_checkpoint")
+            model = resize_input(model, config.model_config.get("image_size", model.config.image_size),
+                                 config.model_config.get("window_size"))
     else:
         model = build_sam(config.sam_config())
         init_weights(model, torch.Generator().manual_seed(config.seed), scheme=config.init,
@@ -226,7 +233,7 @@ def interactive_loss(
     stats["mode"] = mode  # type: ignore[assignment]
     total = total / config.rounds
     if aux is not None:
-        stats["aux"] = float(aux)
+        stats["aux"] = float(aux.detach())
         total = total + config.aux_weight * aux
     return total, stats
 
