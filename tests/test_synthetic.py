@@ -14,7 +14,7 @@ from sam_plugins.training.synthetic import (
     generate_sample,
     generate_volume,
 )
-from sam_plugins.training.synthetic_shapes import random_shapes, rasterize
+from sam_plugins.training.synthetic_shapes import contact_map, random_shapes, rasterize
 
 
 def _check_labels(labels: np.ndarray) -> None:
@@ -195,3 +195,64 @@ def test_nuclei_3d() -> None:
     image, labels = sample_data.nuclei_3d(shape=(12, 64, 64))
     assert image.shape == labels.shape == (12, 64, 64)
     assert labels.max() >= 1
+
+
+def _clean_nuclei(**changes) -> SyntheticConfig:
+    """Bright, noise-free-ish nuclei on a flat background, so intensity profiles can be compared."""
+    base = dict(
+        size=(256, 256),
+        kind_weights={"nuclei": 1.0},
+        radius_range=(12.0, 14.0),
+        background_range=(0.05, 0.05),
+        autofluorescence_range=(0.0, 0.0),
+        debris_range=(0.0, 0.0),
+        haze_range=(0.0, 0.0),
+        defocus_range=(0.0, 0.0),
+        photons_range=(5000.0, 5000.0),
+        saturation_prob=0.0,
+        psf_wing_prob=0.0,
+        bright_contact_prob=0.0,
+    )
+    base.update(changes)
+    return SyntheticConfig(**base)
+
+
+def test_psf_wings_glow_outside_the_outline() -> None:
+    """Real wide-field nuclei fall off slowly outside their drawn outline; the generator can do that."""
+    ratios = {}
+    for wing_prob in (0.0, 1.0):
+        cfg = _clean_nuclei(
+            psf_wing_prob=wing_prob, psf_wing_range=(0.8, 0.8), psf_wing_sigma_range=(4.0, 4.0)
+        )
+        values = []
+        for seed in range(3):
+            s = generate_sample(np.random.default_rng(seed), cfg)
+            assert s.meta["psf_wing"] == pytest.approx(0.8 if wing_prob else 0.0)
+            img = s.image.astype(np.float64)
+            inside = s.labels > 0
+            outside = ~inside
+            dist = ndimage.distance_transform_edt(outside)
+            bg = np.median(img[dist > 25]) if (dist > 25).any() else np.percentile(img[outside], 5)
+            ring = (dist > 2) & (dist <= 4)
+            values.append((img[ring].mean() - bg) / (img[inside].mean() - bg))
+        ratios[wing_prob] = float(np.mean(values))
+    # without wings 2-4 px outside is nearly background; with them a clear glow remains there
+    assert ratios[0.0] < 0.12
+    assert ratios[1.0] > ratios[0.0] + 0.06
+
+
+def test_overlapping_contacts_are_brighter() -> None:
+    def contact_contrast(prob: float) -> float:
+        cfg = _clean_nuclei(bright_contact_prob=prob, density_range=(0.6, 0.7), clustering_range=(0.8, 1.0),
+                            texture_range=(0.0, 0.0), intensity_spread_range=(0.1, 0.1))
+        vals = []
+        for seed in range(4):
+            s = generate_sample(np.random.default_rng(seed), cfg)
+            img = s.image.astype(np.float64)
+            contact = contact_map(s.labels)
+            interior = (s.labels > 0) & ~ndimage.binary_dilation(contact, iterations=3)
+            if contact.sum() > 20 and interior.any():
+                vals.append(img[contact].mean() / img[interior].mean())
+        return float(np.mean(vals))
+
+    assert contact_contrast(1.0) > contact_contrast(0.0) + 0.1
