@@ -243,8 +243,13 @@ def test_psf_wings_glow_outside_the_outline() -> None:
 
 def test_overlapping_contacts_are_brighter() -> None:
     def contact_contrast(prob: float) -> float:
-        cfg = _clean_nuclei(bright_contact_prob=prob, density_range=(0.6, 0.7), clustering_range=(0.8, 1.0),
-                            texture_range=(0.0, 0.0), intensity_spread_range=(0.1, 0.1))
+        cfg = _clean_nuclei(
+            bright_contact_prob=prob,
+            density_range=(0.6, 0.7),
+            clustering_range=(0.8, 1.0),
+            texture_range=(0.0, 0.0),
+            intensity_spread_range=(0.1, 0.1),
+        )
         vals = []
         for seed in range(4):
             s = generate_sample(np.random.default_rng(seed), cfg)
