@@ -87,6 +87,7 @@ class ImageSide:
     t2i_k: torch.Tensor | None = None
     t2i_v: torch.Tensor | None = None
     i2t_q: torch.Tensor | None = None
+    conv1_in: torch.Tensor | None = None  # (1, L, 4*c1) = keys @ G_0, see conv1_of_final_tokens
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -95,8 +96,13 @@ def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x[0].view(n, heads, c // heads).transpose(0, 1).contiguous()
 
 
-def prepare_image_side(transformer: nn.Module, src: torch.Tensor, image_pe: torch.Tensor) -> ImageSide:
-    """Flatten ``src`` (image embedding + dense prompt, (1 or B, C, h, w)) and ``image_pe`` (1, C, h, w)."""
+def prepare_image_side(
+    transformer: nn.Module, src: torch.Tensor, image_pe: torch.Tensor, upscaling: nn.Module | None = None
+) -> ImageSide:
+    """Flatten ``src`` (image embedding + dense prompt, (1 or B, C, h, w)) and ``image_pe`` (1, C, h, w).
+
+    With ``upscaling`` (the decoder's output upscaling) a shared side also precomputes ``conv1_in``.
+    """
     keys = src.flatten(2).transpose(1, 2).contiguous()
     pe = image_pe.flatten(2).transpose(1, 2).contiguous()
     side = ImageSide(keys=keys, pe=pe)
@@ -107,7 +113,68 @@ def prepare_image_side(transformer: nn.Module, src: torch.Tensor, image_pe: torc
         side.t2i_k = _split_heads(t2i.k_proj(kp), t2i.num_heads)
         side.t2i_v = _split_heads(t2i.v_proj(keys), t2i.num_heads)
         side.i2t_q = _split_heads(i2t.q_proj(kp), i2t.num_heads).transpose(1, 2).contiguous()  # (H, d, L)
+        if upscaling is not None and conv1_chain_applies(transformer, upscaling):
+            side.conv1_in = torch.matmul(keys, conv1_gains(transformer, upscaling)[0])
     return side
+
+
+def conv1_chain_applies(transformer: nn.Module, upscaling: nn.Module) -> bool:
+    """The standard layout: blocks with an affine LayerNorm after the image update, a 2x2/2 conv first."""
+    conv1 = upscaling[0] if len(upscaling) == 5 else None
+    return (
+        isinstance(conv1, nn.ConvTranspose2d)
+        and tuple(conv1.kernel_size) == (2, 2)
+        and tuple(conv1.stride) == (2, 2)
+        and len(transformer.layers) > 0
+        and all(
+            isinstance(b.norm4, nn.LayerNorm) and b.norm4.weight is not None and b.norm4.bias is not None
+            for b in transformer.layers
+        )
+    )
+
+
+def conv1_gains(transformer: nn.Module, upscaling: nn.Module) -> list[torch.Tensor]:
+    """``G_k = diag(gamma_k) ... diag(gamma_(D-1)) W1``, k = 0..D; ``G_D = W1`` (conv1, (C, 4*c1))."""
+    conv1 = upscaling[0]
+    g = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.in_channels, -1)
+    gains = [g]
+    for block in reversed(transformer.layers):
+        g = block.norm4.weight[:, None] * g
+        gains.append(g)
+    return gains[::-1]
+
+
+def conv1_of_final_tokens(
+    transformer: nn.Module, upscaling: nn.Module, side: ImageSide, trace: list[tuple[torch.Tensor, ...]]
+) -> torch.Tensor:
+    """The upscaling's first convolution (as a matmul, bias included) of the transformer's final image tokens.
+
+    Each block updates the image tokens by a low-rank term and a LayerNorm:
+    ``keys' = rstd * (keys + S^T m - mean) * gamma + beta`` (S: attention weights (B, H*N, L),
+    m: (B, H*N, C)).
+    A right-hand matrix passes through that: ``keys' G = rstd * (keys G_k + S^T (m G_k) - mean 1^T G_k)
+    + beta^T G_(k+1)``, so starting from ``side.conv1_in = keys_0 G_0`` (once per image) each block costs
+    a (L, H*N) x (H*N, 4*c1) product and two row-wise passes instead of the (L, C) x (C, 4*c1)
+    convolution at the end.
+    ``trace``: (S, m, mean, rstd) of every block, from :func:`fast_transformer`. The result is a
+    workspace of this thread: use it before the next call.
+    """
+    gains = conv1_gains(transformer, upscaling)
+    norms = [block.norm4 for block in transformer.layers]
+    out = side.conv1_in
+    for k, (s, m, mean, rstd) in enumerate(trace):
+        g = gains[k]
+        mg = torch.matmul(m, g)  # (B, H*N, 4*c1)
+        if k > 0:  # the previous LayerNorm's shift: each row of S^T sums to H (1 per head)
+            mg += (norms[k - 1].bias @ g) / transformer.layers[k].cross_attn_image_to_token.num_heads
+        if k == 0:
+            ws = workspace("conv1", (s.shape[0], *out.shape[1:]), out)
+            out = torch.baddbmm(out.expand(s.shape[0], -1, -1), s.transpose(1, 2), mg, out=ws)
+        else:
+            out.baddbmm_(s.transpose(1, 2), mg)
+        out.addcmul_(mean, -g.sum(0)).mul_(rstd)
+    conv1 = upscaling[0]
+    return out.add_(norms[-1].bias @ gains[-1] + conv1.bias.repeat(4))
 
 
 def _head_weight(linear: nn.Linear, heads: int) -> torch.Tensor:
@@ -168,6 +235,21 @@ def token_to_image(
     return attn.out_proj(out)
 
 
+def _layer_norm_(x: torch.Tensor, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """LayerNorm over the last axis of x (``norm``: its weight, bias, eps), in place; returns mean and 1/std.
+
+    Unlike ``F.layer_norm`` it allocates nothing of x's size (a fresh 4 MB result is page-faulted in
+    on every click once glibc has returned it to the system).
+    """
+    mean = x.mean(-1, keepdim=True)
+    x.sub_(mean)
+    var = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+    rstd = var.add_(norm.eps).rsqrt_()
+    x.mul_(rstd)
+    torch.addcmul(norm.bias, x, norm.weight, out=x)
+    return mean, rstd
+
+
 def image_to_token_update(
     attn: nn.Module,
     norm: nn.LayerNorm,
@@ -179,10 +261,12 @@ def image_to_token_update(
     cached_q: torch.Tensor | None = None,
     scratch: str | None = None,
     in_place: bool = False,
+    trace: list | None = None,
 ) -> torch.Tensor:
     """``norm(keys + attn(q=kp, k=tq, v=tv))`` for image keys (B or 1, L, C).
 
-    ``in_place``: ``keys`` is a temporary that may be overwritten.
+    ``in_place``: ``keys`` is a temporary that may be overwritten. ``trace``: a list that gets
+    (attention weights (B, H*N, L), values m (B, H*N, C), LayerNorm mean and rstd (B, L, 1)).
 
     The queries are either ``kp`` (B, L, C) = keys + pe, or the precomputed ``cached_q`` (H, d, L).
     Scores are laid out (B, H, N, L): the softmax over the N tokens then runs on contiguous rows of L.
@@ -213,6 +297,10 @@ def image_to_token_update(
         x = keys.baddbmm_(scores.transpose(1, 2), m)
     else:
         x = torch.baddbmm(keys, scores.transpose(1, 2), m, out=workspace("i2t", (b, length, c), keys))
+    if trace is not None:  # x is a temporary: normalise it in place, keep the statistics
+        mean, rstd = _layer_norm_(x, norm)
+        trace.append((scores, m, mean, rstd))
+        return x
     if scratch is None:
         return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
     # a temporary of the caller: normalise into the workspace `scratch`
@@ -231,11 +319,14 @@ def fast_transformer(
     point_embedding: torch.Tensor,
     *,
     rows: list[int] | None = None,
+    trace: list | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same outputs as ``TwoWayTransformer.forward`` (to float reassociation): tokens (B, N, C), keys.
 
     ``rows``: the final token-to-image attention runs for these tokens only and only they are
-    returned ((B, len(rows), C)); ``rows=[0]`` gives the IoU token alone.
+    returned ((B, len(rows), C)); ``rows=[0]`` gives the IoU token alone. ``trace``: see
+    :func:`conv1_of_final_tokens`; with it the returned keys are a workspace of this thread (valid
+    until the next call).
     """
     queries = point_embedding
     keys = side.keys
@@ -264,10 +355,10 @@ def fast_transformer(
         scratch = f"keys{i % 2}" if i < len(transformer.layers) - 1 else None
         if shared:
             keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, cached_q=side.i2t_q,
-                                         scratch=scratch)
+                                         scratch=scratch, trace=trace)
         else:
             keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, kp=kp, scratch=scratch,
-                                         in_place=i > 0)
+                                         in_place=i > 0, trace=trace)
 
     if keys.shape[0] != queries.shape[0]:  # depth 0: the image side was never made prompt-specific
         keys = keys.expand(queries.shape[0], -1, -1)
@@ -285,7 +376,6 @@ def fast_transformer(
 #: The upscaling runs on blocks of about this many image tokens: each block's intermediate maps
 #: (2 MB for ViT-B) stay in cache from the first matmul to the mask logits.
 UPSCALE_BLOCK_TOKENS = 1024
-HYPER_MIN_COLUMNS = 16
 
 
 def _gelu_inplace(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -295,9 +385,16 @@ def _gelu_inplace(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def upscale_masks(
-    upscaling: nn.Sequential, hyper_in: torch.Tensor, src: torch.Tensor, hw: tuple[int, ...]
+    upscaling: nn.Sequential,
+    hyper_in: torch.Tensor,
+    src: torch.Tensor,
+    hw: tuple[int, ...],
+    conv1_out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mask logits (B, T, 4h, 4w) = hyper_in (B, T, c) . output_upscaling(src), src (B, h*w, C) tokens.
+
+    ``conv1_out``: the first convolution's output (B, h*w, 4*c1), bias included, when already known
+    (:func:`conv1_of_final_tokens`; it is overwritten); then ``src`` is not read.
 
     Each stride-2 ConvTranspose2d with a 2x2 kernel is one matmul per pixel in channels-last layout
     (no mkldnn deconvolution, no layout copies). Blocks of token rows run the whole chain (conv,
@@ -306,33 +403,33 @@ def upscale_masks(
     """
     conv1, norm, act1, conv2, act2 = upscaling
     b, length, c = src.shape
+    if conv1_out is not None:
+        b = conv1_out.shape[0]
     h, w = hw
     c1, c2 = conv1.out_channels, conv2.out_channels
     w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C, [a, b, c1])
     w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, [a', b', c2])
     bias2 = conv2.bias.repeat(4)
     t = hyper_in.shape[1]
-    # (B, c2, T), zero-padded to HYPER_MIN_COLUMNS: CPU BLAS runs a (n, c2) x (c2, 3) product
-    # 2.5x slower than the same with 16 columns
-    cols = max(t, HYPER_MIN_COLUMNS)
-    hyper_t = hyper_in.new_zeros(b, c2, cols)
-    hyper_t[:, :, :t] = hyper_in.transpose(1, 2)
-    out = torch.empty(b, t, 4 * h, 4 * w, dtype=src.dtype, device=src.device)
+    out = torch.empty(b, t, 4 * h, 4 * w, dtype=hyper_in.dtype, device=hyper_in.device)
     rows = max(1, UPSCALE_BLOCK_TOKENS // w)
-    ws1 = workspace("up1", (rows * w, 4 * c1), src)
-    ws2 = workspace("up2", (rows * w * 4, 4 * c2), src)
-    ws3 = workspace("up3", (rows * w * 16, cols), src)
+    ws1 = workspace("up1", (rows * w, 4 * c1), hyper_in)
+    ws2 = workspace("up2", (rows * w * 4, 4 * c2), hyper_in)
+    ws3 = workspace("up3", (t, rows * w * 16), hyper_in)
     for i in range(b):
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
             n = (r1 - r0) * w
-            # matmul then in-place bias: on CPU addmm first copies the broadcast bias into its output
-            x = torch.mm(src[i, r0 * w : r1 * w], w1, out=ws1[:n]).view(n * 4, c1).add_(conv1.bias)
-            x = _gelu_inplace(act1, F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+            if conv1_out is not None:
+                x = conv1_out[i, r0 * w : r1 * w].view(n * 4, c1)
+            else:  # matmul then in-place bias: on CPU addmm first copies the broadcast bias into its output
+                x = torch.mm(src[i, r0 * w : r1 * w], w1, out=ws1[:n]).view(n * 4, c1).add_(conv1.bias)
+            _layer_norm_(x, norm)  # x is a temporary (a workspace)
+            x = _gelu_inplace(act1, x)
             x = _gelu_inplace(act2, torch.mm(x, w2, out=ws2[: n * 4]).add_(bias2))  # (n * 4, 4 * c2)
-            m = torch.mm(x.view(n * 16, c2), hyper_t[i], out=ws3[: n * 16])  # rows (i, j, a, b, a', b')
-            # (T, i, a, a', j, b, b')
-            m = m.view(r1 - r0, w, 2, 2, 2, 2, cols)[..., :t].permute(6, 0, 2, 4, 1, 3, 5)
+            # the T mask planes as rows: (T, c2) x (c2, n * 16), columns (i, j, a, b, a', b')
+            m = torch.mm(hyper_in[i], x.view(n * 16, c2).t(), out=ws3[:, : n * 16])
+            m = m.view(t, r1 - r0, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)  # (T, i, a, a', j, b, b')
             out[i, :, 4 * r0 : 4 * r1] = m.reshape(t, 4 * (r1 - r0), 4 * w)
     return out
 

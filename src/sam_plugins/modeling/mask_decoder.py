@@ -9,6 +9,7 @@ from torch.nn import functional as F
 from .common import LayerNorm2d
 from .fast_decoder import (
     ImageSide,
+    conv1_of_final_tokens,
     fast_transformer,
     prepare_image_side,
     same_bits,
@@ -107,22 +108,52 @@ class MaskDecoder(nn.Module):
         b = sparse_prompt_embeddings.shape[0]
         dense = self._shared_dense(dense_prompt_embeddings)
         chunk = self.chunk_size(image_embeddings, b)
-        hw = image_embeddings.shape[-2:]
         if image_embeddings.shape[0] != 1 or b <= chunk:
-            iou_pred, mask_tokens_out, src = self.predict_tokens(
-                image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice=mask_slice
+            return self._masks_and_ious(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice
             )
-            return self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice), iou_pred
         masks, ious = [], []
         for start in range(0, b, chunk):
             part = slice(start, start + chunk)
             part_dense = dense if dense.shape[0] == 1 else dense[part]
-            iou_pred, mask_tokens_out, src = self.predict_tokens(
-                image_embeddings, image_pe, sparse_prompt_embeddings[part], part_dense, mask_slice=mask_slice
+            m, i = self._masks_and_ious(
+                image_embeddings, image_pe, sparse_prompt_embeddings[part], part_dense, mask_slice
             )
-            masks.append(self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice))
-            ious.append(iou_pred)
+            masks.append(m)
+            ious.append(i)
         return torch.cat(masks), torch.cat(ious)
+
+    def _masks_and_ious(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense: torch.Tensor,
+        mask_slice: slice | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masks of `mask_slice` and all IoUs for one chunk of prompts.
+
+        On the fast path with an image side shared by all prompts, the upscaling's first convolution
+        is carried through the transformer's low-rank image updates (``conv1_of_final_tokens``)
+        instead of being applied to the final image tokens.
+        """
+        hw = image_embeddings.shape[-2:]
+        if not self.uses_fast_path():
+            iou_pred, mask_tokens_out, src = self.predict_tokens(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice=mask_slice
+            )
+            return self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice), iou_pred
+        tokens = self._tokens(sparse_prompt_embeddings)
+        side = self._image_side(image_embeddings, image_pe, dense, tokens.shape[0])
+        chosen = range(self.num_mask_tokens)[mask_slice or slice(None)]
+        trace = [] if side.conv1_in is not None else None
+        rows = [0] + [1 + i for i in chosen]
+        hs, src = fast_transformer(self.transformer, side, tokens, rows=rows, trace=trace)
+        conv1_out = None
+        if trace is not None:
+            conv1_out = conv1_of_final_tokens(self.transformer, self.output_upscaling, side, trace)
+        masks = self.masks_from_tokens(hs[:, 1:], src, hw, mask_slice=mask_slice, conv1_out=conv1_out)
+        return masks, self.iou_prediction_head(hs[:, 0, :])
 
     @staticmethod
     def _shared_dense(dense: torch.Tensor) -> torch.Tensor:
@@ -210,7 +241,15 @@ class MaskDecoder(nn.Module):
         constant = dense.stride(-1) == 0 and dense.stride(-2) == 0
         dense_key = dense[..., :1, :1] if constant else dense
         layers = self.transformer.layers
-        modules = (layers[0].cross_attn_token_to_image, layers[0].cross_attn_image_to_token) if layers else ()
+        # everything the cached side depends on: block 0's image projections, conv1 and the LayerNorms
+        # that conv1_in is pushed through
+        modules = (
+            (layers[0].cross_attn_token_to_image, layers[0].cross_attn_image_to_token)
+            + (self.output_upscaling[0],)
+            + tuple(block.norm4 for block in layers)
+            if layers
+            else ()
+        )
         versions = tuple(version_or_none(p) for m in modules for p in m.parameters())
         cache = self._side_cache
         if cache is not None:
@@ -230,7 +269,7 @@ class MaskDecoder(nn.Module):
                 )
             ):
                 return side
-        side = prepare_image_side(self.transformer, image_embeddings + dense, image_pe)
+        side = prepare_image_side(self.transformer, image_embeddings + dense, image_pe, self.output_upscaling)
         pe_version = version_or_none(image_pe)
         self._side_cache = (
             image_embeddings.detach().clone(),
@@ -252,6 +291,7 @@ class MaskDecoder(nn.Module):
         *,
         exact: bool = False,
         mask_slice: slice | None = None,
+        conv1_out: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mask logits (B, T, 4h, 4w) from the transformer outputs of :meth:`predict_tokens`.
 
@@ -265,7 +305,7 @@ class MaskDecoder(nn.Module):
             [self.output_hypernetworks_mlps[i](mask_tokens_out[:, j, :]) for j, i in enumerate(chosen)], dim=1
         )
         if self.uses_fast_path(exact) and len(self.output_upscaling) == 5:
-            return upscale_masks(self.output_upscaling, hyper_in, src.contiguous(), embedding_hw)
+            return upscale_masks(self.output_upscaling, hyper_in, src.contiguous(), embedding_hw, conv1_out)
         h, w = embedding_hw
         src = src.transpose(1, 2).reshape(src.shape[0], src.shape[2], h, w)
         upscaled = self.output_upscaling(src)
