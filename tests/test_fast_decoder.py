@@ -105,6 +105,24 @@ def test_cache_follows_embedding_dense_pe_and_weights(tiny_pair):
     with torch.no_grad():
         dec.transformer.layers[0].cross_attn_image_to_token.q_proj.weight.mul_(1.5)
     both()
+    # back to a prompt without mask input (one dense vector for all): the cached side, including the
+    # upscaling's first convolution carried through every block's LayerNorm, follows weight changes
+    _, _, sparse, dense = _inputs(model, "points")
+    before = both()
+    assert dec._side_cache is not None and dec._side_cache[-1].conv1_in is not None
+    changes = [
+        dec.transformer.layers[0].cross_attn_image_to_token.q_proj.weight,
+        dec.transformer.layers[0].norm4.weight,
+        dec.transformer.layers[-1].norm4.bias,
+        dec.output_upscaling[0].weight,
+        dec.output_upscaling[0].bias,
+    ]
+    for param in changes:
+        with torch.no_grad():
+            param.add_(0.3)
+        after = both()
+        assert not torch.equal(after[0], before[0])
+        before = after
 
 
 def test_inference_mode_tensors_and_grad_use_the_right_path(tiny_pair):
