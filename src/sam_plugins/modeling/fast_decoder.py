@@ -259,14 +259,16 @@ def image_to_token_update(
     *,
     kp: torch.Tensor | None = None,
     cached_q: torch.Tensor | None = None,
-    scratch: str | None = None,
+    temporary: bool = False,
     in_place: bool = False,
     trace: list | None = None,
 ) -> torch.Tensor:
     """``norm(keys + attn(q=kp, k=tq, v=tv))`` for image keys (B or 1, L, C).
 
-    ``in_place``: ``keys`` is a temporary that may be overwritten. ``trace``: a list that gets
-    (attention weights (B, H*N, L), values m (B, H*N, C), LayerNorm mean and rstd (B, L, 1)).
+    ``in_place``: ``keys`` is a temporary that may be overwritten. ``temporary``: the result is one
+    too (a workspace of this thread, used before the next call), else a fresh tensor. ``trace``
+    (implies ``temporary``): a list that gets (attention weights (B, H*N, L), values m (B, H*N, C),
+    LayerNorm mean and rstd (B, L, 1)).
 
     The queries are either ``kp`` (B, L, C) = keys + pe, or the precomputed ``cached_q`` (H, d, L).
     Scores are laid out (B, H, N, L): the softmax over the N tokens then runs on contiguous rows of L.
@@ -297,20 +299,12 @@ def image_to_token_update(
         x = keys.baddbmm_(scores.transpose(1, 2), m)
     else:
         x = torch.baddbmm(keys, scores.transpose(1, 2), m, out=workspace("i2t", (b, length, c), keys))
-    if trace is not None:  # x is a temporary: normalise it in place, keep the statistics
-        mean, rstd = _layer_norm_(x, norm)
-        trace.append((scores, m, mean, rstd))
-        return x
-    if scratch is None:
+    if trace is None and not temporary:
         return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
-    # a temporary of the caller: normalise into the workspace `scratch`
-    out = workspace(scratch, tuple(x.shape), x)
-    stats = workspace(scratch + "_stats", (2, *x.shape[:-1], 1), x)
-    shape = list(norm.normalized_shape)
-    torch.ops.aten.native_layer_norm.out(
-        x, shape, norm.weight, norm.bias, norm.eps, out0=out, out1=stats[0], out2=stats[1]
-    )
-    return out
+    mean, rstd = _layer_norm_(x, norm)  # x is a temporary: normalise it in place
+    if trace is not None:
+        trace.append((scores, m, mean, rstd))
+    return x
 
 
 def fast_transformer(
@@ -351,13 +345,13 @@ def fast_transformer(
         queries = block.norm3(queries + block.mlp(queries))
 
         tq = queries + point_embedding
-        # every block's image tokens but the last (returned) are temporaries: two alternating workspaces
-        scratch = f"keys{i % 2}" if i < len(transformer.layers) - 1 else None
+        # every block's image tokens but the last (returned) are temporaries
+        temporary = i < len(transformer.layers) - 1
         if shared:
             keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, cached_q=side.i2t_q,
-                                         scratch=scratch, trace=trace)
+                                         temporary=temporary, trace=trace)
         else:
-            keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, kp=kp, scratch=scratch,
+            keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, kp=kp, temporary=temporary,
                                          in_place=i > 0, trace=trace)
 
     if keys.shape[0] != queries.shape[0]:  # depth 0: the image side was never made prompt-specific
