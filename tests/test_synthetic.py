@@ -65,8 +65,9 @@ def test_variety(samples: list[SyntheticSample]) -> None:
     assert min(s.meta["photons"] for s in samples) < 50 < 500 < max(s.meta["photons"] for s in samples)
 
 
-def test_objects_are_where_the_signal_is() -> None:
-    cfg = SyntheticConfig(
+def _clean_nuclei(**changes) -> SyntheticConfig:
+    """Nuclei on a flat background with little noise, so intensity profiles can be compared."""
+    base = dict(
         size=(256, 256),
         kind_weights={"nuclei": 1.0},
         background_range=(0.05, 0.05),
@@ -77,6 +78,18 @@ def test_objects_are_where_the_signal_is() -> None:
         photons_range=(2000.0, 2000.0),
         saturation_prob=0.0,
     )
+    base.update(changes)
+    return SyntheticConfig(**base)
+
+
+# brighter, equal-sized nuclei with neither wings nor bright contacts unless a test turns one on
+_PROFILE = dict(
+    radius_range=(12.0, 14.0), photons_range=(5000.0, 5000.0), psf_wing_prob=0.0, bright_contact_prob=0.0
+)
+
+
+def test_objects_are_where_the_signal_is() -> None:
+    cfg = _clean_nuclei()
     for seed in range(4):
         s = generate_sample(np.random.default_rng(seed), cfg)
         img = s.image.astype(np.float64)
@@ -197,32 +210,14 @@ def test_nuclei_3d() -> None:
     assert labels.max() >= 1
 
 
-def _clean_nuclei(**changes) -> SyntheticConfig:
-    """Bright, noise-free-ish nuclei on a flat background, so intensity profiles can be compared."""
-    base = dict(
-        size=(256, 256),
-        kind_weights={"nuclei": 1.0},
-        radius_range=(12.0, 14.0),
-        background_range=(0.05, 0.05),
-        autofluorescence_range=(0.0, 0.0),
-        debris_range=(0.0, 0.0),
-        haze_range=(0.0, 0.0),
-        defocus_range=(0.0, 0.0),
-        photons_range=(5000.0, 5000.0),
-        saturation_prob=0.0,
-        psf_wing_prob=0.0,
-        bright_contact_prob=0.0,
-    )
-    base.update(changes)
-    return SyntheticConfig(**base)
-
-
 def test_psf_wings_glow_outside_the_outline() -> None:
     """Real wide-field nuclei fall off slowly outside their drawn outline; the generator can do that."""
     ratios = {}
     for wing_prob in (0.0, 1.0):
         cfg = _clean_nuclei(
-            psf_wing_prob=wing_prob, psf_wing_range=(0.8, 0.8), psf_wing_sigma_range=(4.0, 4.0)
+            **{**_PROFILE, "psf_wing_prob": wing_prob},
+            psf_wing_range=(0.8, 0.8),
+            psf_wing_sigma_range=(4.0, 4.0),
         )
         values = []
         for seed in range(3):
@@ -244,7 +239,7 @@ def test_psf_wings_glow_outside_the_outline() -> None:
 def test_overlapping_contacts_are_brighter() -> None:
     def contact_contrast(prob: float) -> float:
         cfg = _clean_nuclei(
-            bright_contact_prob=prob,
+            **{**_PROFILE, "bright_contact_prob": prob},
             density_range=(0.6, 0.7),
             clustering_range=(0.8, 1.0),
             texture_range=(0.0, 0.0),

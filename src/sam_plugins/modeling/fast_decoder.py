@@ -88,6 +88,7 @@ class ImageSide:
     t2i_v: torch.Tensor | None = None
     i2t_q: torch.Tensor | None = None
     conv1_in: torch.Tensor | None = None  # (1, L, 4*c1) = keys @ G_0, see conv1_of_final_tokens
+    conv1_gains: list[torch.Tensor] | None = None  # G_0..G_D, see conv1_gains
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -114,7 +115,8 @@ def prepare_image_side(
         side.t2i_v = _split_heads(t2i.v_proj(keys), t2i.num_heads)
         side.i2t_q = _split_heads(i2t.q_proj(kp), i2t.num_heads).transpose(1, 2).contiguous()  # (H, d, L)
         if upscaling is not None and conv1_chain_applies(transformer, upscaling):
-            side.conv1_in = torch.matmul(keys, conv1_gains(transformer, upscaling)[0])
+            side.conv1_gains = conv1_gains(transformer, upscaling)
+            side.conv1_in = torch.matmul(keys, side.conv1_gains[0])
     return side
 
 
@@ -157,9 +159,10 @@ def conv1_of_final_tokens(
     a (L, H*N) x (H*N, 4*c1) product and two row-wise passes instead of the (L, C) x (C, 4*c1)
     convolution at the end.
     ``trace``: (S, m, mean, rstd) of every block, from :func:`fast_transformer`. The result is a
-    workspace of this thread: use it before the next call.
+    workspace of this thread: use it before the next call. The gains come with the side (computed
+    once per image, with ``conv1_in``).
     """
-    gains = conv1_gains(transformer, upscaling)
+    gains = side.conv1_gains
     norms = [block.norm4 for block in transformer.layers]
     out = side.conv1_in
     for k, (s, m, mean, rstd) in enumerate(trace):

@@ -143,17 +143,34 @@ class MaskDecoder(nn.Module):
                 image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice=mask_slice
             )
             return self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice), iou_pred
+        hs, src, conv1_out = self._fast_tokens(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice, with_conv1=True
+        )
+        masks = self.masks_from_tokens(hs[:, 1:], src, hw, mask_slice=mask_slice, conv1_out=conv1_out)
+        return masks, self.iou_prediction_head(hs[:, 0, :])
+
+    def _fast_tokens(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense: torch.Tensor,
+        mask_slice: slice | None,
+        *,
+        with_conv1: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The fast transformer for the IoU token and the chosen mask tokens: outputs (B, 1 + T, C),
+        image tokens, and (``with_conv1``, on a shared image side) the upscaling's first convolution
+        of those image tokens (a workspace: use it before the next call), else None."""
         tokens = self._tokens(sparse_prompt_embeddings)
         side = self._image_side(image_embeddings, image_pe, dense, tokens.shape[0])
         chosen = range(self.num_mask_tokens)[mask_slice or slice(None)]
-        trace = [] if side.conv1_in is not None else None
+        trace = [] if with_conv1 and side.conv1_in is not None else None
         rows = [0] + [1 + i for i in chosen]
         hs, src = fast_transformer(self.transformer, side, tokens, rows=rows, trace=trace)
-        conv1_out = None
-        if trace is not None:
-            conv1_out = conv1_of_final_tokens(self.transformer, self.output_upscaling, side, trace)
-        masks = self.masks_from_tokens(hs[:, 1:], src, hw, mask_slice=mask_slice, conv1_out=conv1_out)
-        return masks, self.iou_prediction_head(hs[:, 0, :])
+        if trace is None:
+            return hs, src, None
+        return hs, src, conv1_of_final_tokens(self.transformer, self.output_upscaling, side, trace)
 
     @staticmethod
     def _shared_dense(dense: torch.Tensor) -> torch.Tensor:
@@ -181,15 +198,15 @@ class MaskDecoder(nn.Module):
         can skip them for prompts whose predicted IoU they discard. ``exact``: the plain path, whose
         results equal the official decoder's bit for bit, even with grad disabled.
         """
-        tokens = self._tokens(sparse_prompt_embeddings)
         dense = self._shared_dense(dense_prompt_embeddings)
         if self.uses_fast_path(exact):
-            side = self._image_side(image_embeddings, image_pe, dense, tokens.shape[0])
             # the final attention only for the IoU token and the chosen mask tokens
-            chosen = range(self.num_mask_tokens)[mask_slice or slice(None)]
-            hs, src = fast_transformer(self.transformer, side, tokens, rows=[0] + [1 + i for i in chosen])
+            hs, src, _ = self._fast_tokens(
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice
+            )
             mask_tokens_out = hs[:, 1:]
         else:
+            tokens = self._tokens(sparse_prompt_embeddings)
             # The image side stays at batch 1 while it is the same for every prompt (no mask input):
             # the first transformer block then computes its image projections once.
             src = self._check_batch(image_embeddings + dense, tokens.shape[0])
