@@ -413,6 +413,7 @@ def upscale_masks(
     ws1 = workspace("up1", (rows * w, 4 * c1), hyper_in)
     ws2 = workspace("up2", (rows * w * 4, 4 * c2), hyper_in)
     ws3 = workspace("up3", (t, rows * w * 16), hyper_in)
+    ws4 = workspace("up4", (t * rows * w * 16,), hyper_in)
     for i in range(b):
         for r0 in range(0, h, rows):
             r1 = min(r0 + rows, h)
@@ -426,8 +427,12 @@ def upscale_masks(
             x = _gelu_inplace(act2, torch.mm(x, w2, out=ws2[: n * 4]).add_(bias2))  # (n * 4, 4 * c2)
             # the T mask planes as rows: (T, c2) x (c2, n * 16), columns (i, j, a, b, a', b')
             m = torch.mm(hyper_in[i], x.view(n * 16, c2).t(), out=ws3[:, : n * 16])
-            m = m.view(t, r1 - r0, w, 2, 2, 2, 2).permute(0, 1, 3, 5, 2, 4, 6)  # (T, i, a, a', j, b, b')
-            out[i, :, 4 * r0 : 4 * r1] = m.reshape(t, 4 * (r1 - r0), 4 * w)
+            # to (T, i, a, a', j, b, b') in two copies: one 7-d permutation moves 2 floats at a time
+            k = r1 - r0
+            half = ws4[: t * k * 16 * w].view(t, k, 2, w, 2, 4)
+            half.copy_(m.view(t, k, w, 2, 2, 4).permute(0, 1, 3, 2, 4, 5))  # (T, i, a, j, b, [a', b'])
+            dest = out[i, :, 4 * r0 : 4 * r1].view(t, k, 2, 2, w, 2, 2)
+            dest.copy_(half.view(t, k, 2, w, 2, 2, 2).permute(0, 1, 2, 5, 3, 4, 6))
     return out
 
 
@@ -474,7 +479,13 @@ class _Band:
         return out
 
 
-_RESIZE_CACHE: dict[tuple, tuple[_Band, _Band]] = {}
+_RESIZE_CACHE: dict[tuple, tuple[_Band, _Band] | None] = {}
+
+
+def _is_one_resize(composed: torch.Tensor, n_in: int, n_out: int, dtype: torch.dtype) -> bool:
+    """Whether a composed per-axis map equals one plain linear resize n_in -> n_out (to ~1e-6)."""
+    direct = _linear_resize_matrix(n_in, n_out, dtype)
+    return composed.shape == direct.shape and bool((composed - direct).abs().max() <= 1e-6)
 
 
 def postprocess_masks(
@@ -485,20 +496,26 @@ def postprocess_masks(
     Both bilinear steps are separable linear maps, so per axis the chain is one composed matrix
     (float64, then the masks' dtype) with a few non-zeros per row: each output row/column is a
     weighted sum of K (2-4) input rows/columns, with no (B, T, img_size, img_size) intermediate.
-    Returns a (possibly transposed, non-contiguous) view.
+    Where the composed maps are themselves one plain bilinear resize (e.g. a 512-px image: x4 then
+    /2 is x2), PyTorch's fused resize kernel does it in one pass. Returns a (possibly transposed,
+    non-contiguous) view.
     """
     h, w = masks.shape[-2:]
     key = (h, w, img_size, tuple(input_size), tuple(original_size), masks.dtype, masks.device)
-    bands = _RESIZE_CACHE.get(key)
-    if bands is None:
+    if key not in _RESIZE_CACHE:
         ih, iw = input_size[0], input_size[1]
         dt = masks.dtype
         rows = _linear_resize_matrix(ih, original_size[0], dt) @ _linear_resize_matrix(h, img_size, dt)[:ih]
         cols = _linear_resize_matrix(iw, original_size[1], dt) @ _linear_resize_matrix(w, img_size, dt)[:iw]
-        bands = (_Band.of(rows, dt, masks.device), _Band.of(cols, dt, masks.device))
+        direct = _is_one_resize(rows, h, original_size[0], dt)
+        direct = direct and _is_one_resize(cols, w, original_size[1], dt)
         if len(_RESIZE_CACHE) > 16:
             _RESIZE_CACHE.clear()
+        bands = None if direct else (_Band.of(rows, dt, masks.device), _Band.of(cols, dt, masks.device))
         _RESIZE_CACHE[key] = bands
+    bands = _RESIZE_CACHE[key]
+    if bands is None:
+        return F.interpolate(masks, tuple(original_size[:2]), mode="bilinear", align_corners=False)
     row_band, col_band = bands
     lead, n_rows = tuple(masks.shape[:-2]), len(row_band.index)
     rows = row_band.apply_rows(masks, out=workspace("rows", (*lead, n_rows, w), masks))
