@@ -105,6 +105,27 @@ def test_sam_loss_takes_best_of_multimask():
     assert pair == pytest.approx(sum(singles) / 2, rel=1e-6)
 
 
+def test_sam_loss_can_also_train_the_other_outputs():
+    gt = torch.from_numpy(disk((16, 16), 8, 8, 5)).float()[None, None]
+    good = (gt[0, 0] * 2 - 1) * 20
+    logits = torch.stack([-good, good, torch.zeros_like(good)])[None].requires_grad_()
+    iou_pred = torch.zeros(1, 3)
+    paper = sam_loss(logits, iou_pred, gt)
+    (grad,) = torch.autograd.grad(paper.loss, logits)
+    assert grad[0, 0].abs().sum() == 0 and grad[0, 2].abs().sum() == 0  # only the best output learns
+    both = sam_loss(logits, iou_pred, gt, other_outputs_weight=0.5)
+    assert both.best.tolist() == [1] and both.loss.item() > paper.loss.item()
+    (grad,) = torch.autograd.grad(both.loss, logits)
+    assert grad[0, 0].abs().sum() > 0 and grad[0, 2].abs().sum() > 0
+    # the added term is half the mean mask loss of the two others (IoU head left out)
+    def mask_loss(i: int) -> float:
+        return sam_loss(logits[:, i : i + 1], iou_pred[:, :1], gt, iou_weight=0.0).loss.item()
+
+    paper_masks = sam_loss(logits, iou_pred, gt, iou_weight=0.0).loss.item()
+    with_others = sam_loss(logits, iou_pred, gt, iou_weight=0.0, other_outputs_weight=0.5).loss.item()
+    assert with_others == pytest.approx(paper_masks + 0.5 * (mask_loss(0) + mask_loss(2)) / 2, rel=1e-5)
+
+
 # --- prompt simulation -----------------------------------------------------------------------------
 
 

@@ -76,6 +76,7 @@ def sam_loss(
     iou_weight: float = 1.0,
     focal_alpha: float = -1.0,
     focal_gamma: float = 2.0,
+    other_outputs_weight: float = 0.0,
 ) -> LossOutput:
     """SAM's loss for N objects with C predicted masks each.
 
@@ -83,6 +84,10 @@ def sam_loss(
     Mask loss = focal_weight * focal + dice_weight * dice, per object and per output; with C > 1
     only the best output (lowest mask loss) is trained, as in the paper. The IoU head is trained
     on every output against that output's real IoU.
+
+    ``other_outputs_weight`` > 0 (not in the paper) adds that weight times the mean mask loss of
+    the other C - 1 outputs: where every target has one level (a nucleus, not part/whole), the
+    outputs that are never the best otherwise get no mask gradient and drift.
     """
     if targets.dim() == 3:
         targets = targets.unsqueeze(1)
@@ -96,6 +101,9 @@ def sam_loss(
         true_iou = mask_iou(logits, targets)
     iou_err = iou_mse_loss(iou_pred, true_iou).mean(dim=1)
     loss = mask_loss.gather(1, pick).squeeze(1) + iou_weight * iou_err
+    if other_outputs_weight > 0 and mask_loss.shape[1] > 1:
+        others = (mask_loss.sum(1) - mask_loss.gather(1, pick).squeeze(1)) / (mask_loss.shape[1] - 1)
+        loss = loss + other_outputs_weight * others
     return LossOutput(
         loss=loss.mean(),
         focal=focal.gather(1, pick).mean().detach(),

@@ -80,6 +80,7 @@ class TrainConfig:
     aux_weight: float = 0.0  # > 0: dense foreground/boundary loss on the image embedding (aux_head.py)
     focal_alpha: float = -1.0
     focal_gamma: float = 2.0
+    multimask_other_weight: float = 0.0  # > 0: also train the non-best multimask outputs (losses.py)
     # bookkeeping
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = leave torch's default (1 is fastest on a busy shared CPU)
@@ -213,7 +214,8 @@ def interactive_loss(
         sel = slice(1, None) if multimask else slice(0, 1)
         out = sam_loss(logits[:, sel], iou_pred[:, sel], gt_low_dev, focal_weight=config.focal_weight,
                        dice_weight=config.dice_weight, iou_weight=config.iou_weight,
-                       focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma)
+                       focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
+                       other_outputs_weight=config.multimask_other_weight)
         total = total + out.loss
         stats["focal"] += float(out.focal) / config.rounds
         stats["dice"] += float(out.dice) / config.rounds
