@@ -100,9 +100,10 @@ def sam_loss(
     with torch.no_grad():
         true_iou = mask_iou(logits, targets)
     iou_err = iou_mse_loss(iou_pred, true_iou).mean(dim=1)
-    loss = mask_loss.gather(1, pick).squeeze(1) + iou_weight * iou_err
+    best_loss = mask_loss.gather(1, pick).squeeze(1)
+    loss = best_loss + iou_weight * iou_err
     if other_outputs_weight > 0 and mask_loss.shape[1] > 1:
-        others = (mask_loss.sum(1) - mask_loss.gather(1, pick).squeeze(1)) / (mask_loss.shape[1] - 1)
+        others = (mask_loss.sum(1) - best_loss) / (mask_loss.shape[1] - 1)
         loss = loss + other_outputs_weight * others
     return LossOutput(
         loss=loss.mean(),
