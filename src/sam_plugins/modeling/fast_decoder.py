@@ -502,7 +502,9 @@ def postprocess_masks(
     """
     h, w = masks.shape[-2:]
     key = (h, w, img_size, tuple(input_size), tuple(original_size), masks.dtype, masks.device)
-    if key not in _RESIZE_CACHE:
+    if key in _RESIZE_CACHE:
+        bands = _RESIZE_CACHE[key]
+    else:
         ih, iw = input_size[0], input_size[1]
         dt = masks.dtype
         rows = _linear_resize_matrix(ih, original_size[0], dt) @ _linear_resize_matrix(h, img_size, dt)[:ih]
@@ -513,7 +515,6 @@ def postprocess_masks(
             _RESIZE_CACHE.clear()
         bands = None if direct else (_Band.of(rows, dt, masks.device), _Band.of(cols, dt, masks.device))
         _RESIZE_CACHE[key] = bands
-    bands = _RESIZE_CACHE[key]
     if bands is None:
         return F.interpolate(masks, tuple(original_size[:2]), mode="bilinear", align_corners=False)
     row_band, col_band = bands
