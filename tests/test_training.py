@@ -258,6 +258,45 @@ def test_training_steps_lower_the_loss():
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path):
+    """precision = "bf16": the forward pass under bfloat16 autocast (points, corrections, the auxiliary
+    loss) still learns, and the weights, gradients and the written checkpoint stay float32."""
+    from sam_plugins.training.aux_head import DenseAuxHead
+    from sam_plugins.training.trainer import build_model
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    scenes = [disk_scene(rng, 128) for _ in range(2)]
+    config = TrainConfig(model="tiny", images_per_step=2, objects_per_image=4, rounds=2, lr=2e-3,
+                         box_prob=0.0, mask_prompt_prob=0.0, no_point_round_prob=0.0, aux_weight=0.5,
+                         precision="bf16")
+    model = build_model(config)
+    model.train()
+    head = DenseAuxHead(model.config.prompt_embed_dim)
+    optimizer = make_optimizer(model, config, head)
+    examples = draw_examples(scenes, np.random.default_rng(0), 2, config, 256, augment=False)
+    losses = []
+    for _ in range(12):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss, _ = interactive_loss(model, examples, np.random.default_rng(1), config, head)
+        assert loss.dtype == torch.float32
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters()
+               if p.grad is not None)
+
+    run = TrainConfig.from_dict({**TrainConfig.from_file(CONFIGS / "train_tiny_test.toml").to_dict(),
+                                 "out_dir": str(tmp_path), "steps": 2, "epoch_steps": 2, "progress": False,
+                                 "precision": "bf16"})
+    state = torch.load(train(run, log=lambda s: None), map_location="cpu", weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    with pytest.raises(ValueError, match="precision"):
+        train(TrainConfig.from_dict({**run.to_dict(), "precision": "fp16"}), log=lambda s: None)
+
+
 def test_lr_schedule():
     config = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, config) == pytest.approx(0.1)

@@ -50,6 +50,6 @@ def dense_aux_loss(
     head: DenseAuxHead, embeddings: torch.Tensor, labels: Sequence[np.ndarray]
 ) -> torch.Tensor:
     """Binary cross-entropy of the foreground and boundary maps, averaged over pixels and maps."""
-    logits = head(embeddings)
+    logits = head(embeddings).float()  # the loss in fp32, also under bf16 autocast
     target = torch.stack([dense_targets(lab, logits.shape[-1]) for lab in labels]).to(logits.device)
     return F.binary_cross_entropy_with_logits(logits, target)

@@ -81,6 +81,10 @@ class TrainConfig:
     focal_alpha: float = -1.0
     focal_gamma: float = 2.0
     multimask_other_weight: float = 0.0  # > 0: also train the non-best multimask outputs (losses.py)
+    # "fp32", or "bf16": the forward pass under bfloat16 autocast (matmuls and convolutions in bf16,
+    # weights, gradients, optimizer state and the loss in fp32); ~1.5x the steps per second on CPUs
+    # with AVX512-BF16 and on recent GPUs
+    precision: str = "fp32"
     # bookkeeping
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 = leave torch's default (1 is fastest on a busy shared CPU)
@@ -212,8 +216,9 @@ def interactive_loss(
         sparse, dense = model.prompt_encoder(points, boxes, mask_in)
         logits, iou_pred = model.mask_decoder.predict_masks(embeddings, image_pe, sparse, dense)
         sel = slice(1, None) if multimask else slice(0, 1)
-        out = sam_loss(logits[:, sel], iou_pred[:, sel], gt_low_dev, focal_weight=config.focal_weight,
-                       dice_weight=config.dice_weight, iou_weight=config.iou_weight,
+        out = sam_loss(logits[:, sel].float(), iou_pred[:, sel].float(), gt_low_dev,  # fp32 under autocast
+                       focal_weight=config.focal_weight, dice_weight=config.dice_weight,
+                       iou_weight=config.iou_weight,
                        focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
                        other_outputs_weight=config.multimask_other_weight)
         total = total + out.loss
@@ -224,7 +229,7 @@ def interactive_loss(
         if r == config.rounds - 1:
             break
         pick = out.best[:, None, None, None].expand(-1, 1, *logits.shape[-2:])
-        chosen = logits[:, sel].detach().gather(1, pick)
+        chosen = logits[:, sel].detach().float().gather(1, pick)
         mask_in = chosen
         if rng.random() < config.no_point_round_prob:
             continue  # a round with only the previous mask fed back, no new click
@@ -427,6 +432,9 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: several times faster on recent GPUs
+    if config.precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     model = build_model(config).to(device)
     image_size = model.image_encoder.img_size
     aux_head = DenseAuxHead(model.config.prompt_embed_dim).to(device) if config.aux_weight > 0 else None
@@ -476,7 +484,8 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
             scale = lr_factor(step, config)
             for g in optimizer.param_groups:
                 g["lr"] = config.lr * scale * g.get("lr_scale", 1.0)
-            loss, stats = interactive_loss(model, examples, rng, config, aux_head)
+            with autocast:
+                loss, stats = interactive_loss(model, examples, rng, config, aux_head)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
