@@ -262,7 +262,7 @@ def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path):
     """precision = "bf16": the forward pass under bfloat16 autocast (points, corrections, the auxiliary
     loss) still learns, and the weights, gradients and the written checkpoint stay float32."""
     from sam_plugins.training.aux_head import DenseAuxHead
-    from sam_plugins.training.trainer import build_model
+    from sam_plugins.training.trainer import build_model, training_autocast
 
     torch.manual_seed(0)
     rng = np.random.default_rng(5)
@@ -277,7 +277,7 @@ def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path):
     examples = draw_examples(scenes, np.random.default_rng(0), 2, config, 256, augment=False)
     losses = []
     for _ in range(12):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with training_autocast(config, "cpu"):
             loss, _ = interactive_loss(model, examples, np.random.default_rng(1), config, head)
         assert loss.dtype == torch.float32
         optimizer.zero_grad()

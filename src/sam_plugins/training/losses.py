@@ -88,7 +88,10 @@ def sam_loss(
     ``other_outputs_weight`` > 0 (not in the paper) adds that weight times the mean mask loss of
     the other C - 1 outputs: where every target has one level (a nucleus, not part/whole), the
     outputs that are never the best otherwise get no mask gradient and drift.
+
+    Computed in float32 whatever the inputs' dtype (e.g. bfloat16 logits under autocast).
     """
+    logits, iou_pred = logits.float(), iou_pred.float()
     if targets.dim() == 3:
         targets = targets.unsqueeze(1)
     targets = targets.to(logits.dtype).expand_as(logits)

@@ -118,6 +118,10 @@ class TrainConfig:
             raise ValueError(f"unknown training config key(s): {', '.join(unknown)}")
         return cls(**data)
 
+    def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -216,9 +220,8 @@ def interactive_loss(
         sparse, dense = model.prompt_encoder(points, boxes, mask_in)
         logits, iou_pred = model.mask_decoder.predict_masks(embeddings, image_pe, sparse, dense)
         sel = slice(1, None) if multimask else slice(0, 1)
-        out = sam_loss(logits[:, sel].float(), iou_pred[:, sel].float(), gt_low_dev,  # fp32 under autocast
-                       focal_weight=config.focal_weight, dice_weight=config.dice_weight,
-                       iou_weight=config.iou_weight,
+        out = sam_loss(logits[:, sel], iou_pred[:, sel], gt_low_dev, focal_weight=config.focal_weight,
+                       dice_weight=config.dice_weight, iou_weight=config.iou_weight,
                        focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
                        other_outputs_weight=config.multimask_other_weight)
         total = total + out.loss
@@ -229,7 +232,7 @@ def interactive_loss(
         if r == config.rounds - 1:
             break
         pick = out.best[:, None, None, None].expand(-1, 1, *logits.shape[-2:])
-        chosen = logits[:, sel].detach().float().gather(1, pick)
+        chosen = logits[:, sel].detach().gather(1, pick).float()
         mask_in = chosen
         if rng.random() < config.no_point_round_prob:
             continue  # a round with only the previous mask fed back, no new click
@@ -421,6 +424,12 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) ->
     return path
 
 
+def training_autocast(config: TrainConfig, device: torch.device | str) -> torch.autocast:
+    """The context the forward pass and loss run in: bfloat16 autocast for precision "bf16"."""
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+
+
 def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> Path:
     """Train (or resume) a run in `config.run_dir`; returns the path of the final `model.pt`."""
     if config.threads > 0:
@@ -432,9 +441,7 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     device = resolve_device(config.device)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: several times faster on recent GPUs
-    if config.precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be 'fp32' or 'bf16', got {config.precision!r}")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    autocast = training_autocast(config, device)
     model = build_model(config).to(device)
     image_size = model.image_encoder.img_size
     aux_head = DenseAuxHead(model.config.prompt_embed_dim).to(device) if config.aux_weight > 0 else None
