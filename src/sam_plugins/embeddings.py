@@ -43,7 +43,11 @@ _MAGIC = "sam-plugins-embedding"
 
 @dataclass
 class ImageEmbedding:
-    """Encoder output for one image: features (1, C, h, w) float32 and the size bookkeeping."""
+    """Encoder output for one image: features (1, C, h, w) float32 and the size bookkeeping.
+
+    ``high_res``: for models with a high-resolution feature path (``SamConfig.high_res_channels``),
+    its two feature maps [(1, c, S/4, S/4), (1, c', S/8, S/8)]; None for official SAM models.
+    """
 
     features: torch.Tensor
     original_size: tuple[int, int]
@@ -51,6 +55,7 @@ class ImageEmbedding:
     model_fingerprint: str = ""
     image_hash: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    high_res: list[torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.features, torch.Tensor):
@@ -59,6 +64,21 @@ class ImageEmbedding:
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
         if self.features.ndim != 4 or self.features.shape[0] != 1:
             raise ValueError(f"features must have shape (1, C, h, w), got {tuple(self.features.shape)}.")
+        if self.high_res is not None:
+            self.high_res = [f if isinstance(f, torch.Tensor) else torch.as_tensor(np.asarray(f))
+                             for f in self.high_res]
+            if len(self.high_res) != 2 or any(f.ndim != 4 or f.shape[0] != 1 for f in self.high_res):
+                raise ValueError("high_res must be two feature maps of shape (1, C, h, w).")
+
+    def high_res_shapes(self) -> list[list[int]] | None:
+        return None if self.high_res is None else [list(f.shape) for f in self.high_res]
+
+    def arrays(self, index: int) -> dict[str, np.ndarray]:
+        """The arrays this embedding stores in a file, named for its position ``index`` in the file."""
+        out = {f"features_{index}": self.features.detach().float().cpu().numpy()}
+        for k, f in enumerate(self.high_res or []):
+            out[f"high_res_{index}_{k}"] = f.detach().float().cpu().numpy()
+        return out
 
     def header(self) -> dict[str, Any]:
         return {
@@ -67,6 +87,7 @@ class ImageEmbedding:
             "model_fingerprint": self.model_fingerprint,
             "image_hash": self.image_hash,
             "shape": list(self.features.shape),
+            "high_res_shapes": self.high_res_shapes(),
             "extra": self.extra,
         }
 
@@ -121,11 +142,11 @@ def save_embedding(path: str | os.PathLike, embedding: ImageEmbedding | TiledEmb
     arrays: dict[str, np.ndarray] = {}
     if isinstance(embedding, ImageEmbedding):
         header = {"magic": _MAGIC, "version": FORMAT_VERSION, "kind": "image", **embedding.header()}
-        arrays["features_0"] = embedding.features.detach().float().cpu().numpy()
+        arrays.update(embedding.arrays(0))
     elif isinstance(embedding, TiledEmbeddings):
         header = {"magic": _MAGIC, "version": FORMAT_VERSION, "kind": "tiled", **embedding.header()}
         for i, emb in enumerate(embedding.embeddings):
-            arrays[f"features_{i}"] = emb.features.detach().float().cpu().numpy()
+            arrays.update(emb.arrays(i))
     else:
         raise TypeError(
             f"Cannot save a {type(embedding).__name__}; expected ImageEmbedding or TiledEmbeddings."
@@ -147,6 +168,12 @@ def _features(data: Any, key: str, shape: list[int], path: Path) -> torch.Tensor
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: {key} contains NaN or infinite values (corrupted file).")
     return torch.from_numpy(arr.copy())
+
+
+def _high_res(data: Any, index: int, shapes: list[list[int]] | None, path: Path) -> list[torch.Tensor] | None:
+    if shapes is None:
+        return None
+    return [_features(data, f"high_res_{index}_{k}", shape, path) for k, shape in enumerate(shapes)]
 
 
 def load_embedding(
@@ -181,6 +208,7 @@ def load_embedding(
         if header.get("kind") == "image":
             return ImageEmbedding(
                 features=_features(data, "features_0", header["shape"], path),
+                high_res=_high_res(data, 0, header.get("high_res_shapes"), path),
                 original_size=tuple(header["original_size"]),
                 input_size=tuple(header["input_size"]),
                 model_fingerprint=header.get("model_fingerprint", ""),
@@ -192,6 +220,7 @@ def load_embedding(
             embeddings = [
                 ImageEmbedding(
                     features=_features(data, f"features_{i}", t["shape"], path),
+                    high_res=_high_res(data, i, t.get("high_res_shapes"), path),
                     original_size=tuple(t["original_size"]),
                     input_size=tuple(t["input_size"]),
                     model_fingerprint=header.get("model_fingerprint", ""),

@@ -116,7 +116,7 @@ class SamPredictor:
         self.reset_image()
         self.original_size = tuple(int(s) for s in original_image_size)
         self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
-        self.features = self.model.image_encoder(self.model.preprocess(transformed_image))
+        self.features, self.high_res_features = self.model.encode(self.model.preprocess(transformed_image))
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -128,8 +128,10 @@ class SamPredictor:
     def get_embedding(self) -> ImageEmbedding:
         """The current embedding with its size bookkeeping, ready to save or to set again later."""
         features = self.get_image_embedding()
+        high_res = self.high_res_features
         return ImageEmbedding(
             features=features.detach().cpu().float(),
+            high_res=None if high_res is None else [f.detach().cpu().float() for f in high_res],
             original_size=self.original_size,
             input_size=self.input_size,
             model_fingerprint=model_fingerprint(self.model),
@@ -150,6 +152,7 @@ class SamPredictor:
             )
         if not torch.isfinite(embedding.features).all():
             raise ValueError("The embedding contains NaN or infinite values.")
+        self._check_high_res(embedding)
         want_input = ResizeLongestSide.get_preprocess_shape(*embedding.original_size, enc.img_size)
         if tuple(embedding.input_size) != want_input:
             raise ValueError(
@@ -170,8 +173,36 @@ class SamPredictor:
         self.input_size = tuple(embedding.input_size)
         dtype = self.model.pixel_mean.dtype
         self.features = embedding.features.to(device=self.device, dtype=dtype)
+        if embedding.high_res is not None:
+            self.high_res_features = [f.to(device=self.device, dtype=dtype) for f in embedding.high_res]
         self._image_hash = embedding.image_hash or None
         self.is_image_set = True
+
+    def _check_high_res(self, embedding: ImageEmbedding) -> None:
+        """The embedding's high-res features must match the model's high-res path (or both be absent)."""
+        path = self.model.high_res_encoder
+        if path is None:
+            if embedding.high_res is not None:
+                raise ValueError(
+                    "The embedding has high-resolution features but this model has no high-res path; "
+                    "it was computed with another model: recompute it."
+                )
+            return
+        if embedding.high_res is None:
+            raise ValueError(
+                "This model needs the high-resolution features too, but the embedding has only the "
+                "encoder output (saved by an older version or another model): recompute it."
+            )
+        size = self.model.image_encoder.img_size
+        expected = [
+            (1, path.proj_s4.out_channels, size // 4, size // 4),
+            (1, path.proj_s8.out_channels, size // 8, size // 8),
+        ]
+        shapes = [tuple(f.shape) for f in embedding.high_res]
+        if shapes != expected:
+            raise ValueError(f"High-res feature shapes {shapes} do not fit this model (expected {expected}).")
+        if not all(torch.isfinite(f).all() for f in embedding.high_res):
+            raise ValueError("The embedding's high-res features contain NaN or infinite values.")
 
     # ------------------------------------------------------------------ prompts
     def _check_points(self, point_coords: Any, point_labels: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -307,6 +338,7 @@ class SamPredictor:
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
+            high_res_features=self.high_res_features,
         )
         img_size = self.model.image_encoder.img_size
         if self.model.mask_decoder.uses_fast_path():
@@ -326,6 +358,7 @@ class SamPredictor:
         """Forget the current image."""
         self.is_image_set = False
         self.features = None
+        self.high_res_features: list[torch.Tensor] | None = None
         self.orig_h = None
         self.orig_w = None
         self.input_h = None

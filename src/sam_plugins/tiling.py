@@ -107,6 +107,7 @@ class TiledEmbeddings:
                     "original_size": list(e.original_size),
                     "input_size": list(e.input_size),
                     "shape": list(e.features.shape),
+                    "high_res_shapes": e.high_res_shapes(),
                 }
                 for t, e in zip(self.tiles, self.embeddings, strict=True)
             ],

@@ -301,7 +301,9 @@ class SamAutomaticMaskGenerator:
             if not bool(need.any()):
                 continue
             tokens, src = tokens[:n_real][need], src[:n_real][need]
-            low = decoder.masks_from_tokens(tokens, src, features.shape[-2:], exact=True)[:, 1:]
+            low = decoder.masks_from_tokens(
+                tokens, src, features.shape[-2:], exact=True, high_res_features=predictor.high_res_features
+            )[:, 1:]
             lows.append(low.flatten(0, 1))
             ious.append(iou[need].flatten(0, 1))
             pts.append(np.repeat(points[idx[:n_real][need].numpy()], low.shape[1], axis=0))

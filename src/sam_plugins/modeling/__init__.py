@@ -1,6 +1,7 @@
 """The Segment Anything network, one module per part."""
 
 from .common import LayerNorm2d, MLPBlock
+from .high_res import HighResEncoder
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -8,6 +9,7 @@ from .sam import Sam
 from .transformer import TwoWayTransformer
 
 __all__ = [
+    "HighResEncoder",
     "ImageEncoderViT",
     "LayerNorm2d",
     "MLPBlock",

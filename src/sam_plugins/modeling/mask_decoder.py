@@ -69,20 +69,24 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        high_res_features: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Return mask logits (B, C, 4h, 4w) and IoU predictions (B, C), C = 3 if multimask else 1.
 
         image_embeddings has batch size 1 (one image, B prompts: the official convention) or B
-        (one embedding per prompt set, as used in training).
+        (one embedding per prompt set, as used in training). ``high_res_features``: the output of the
+        model's optional :class:`HighResEncoder` (same batch convention), added during upscaling.
         """
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         if self.uses_fast_path():  # upscale only the masks that are returned
             masks, iou_pred = self.predict_masks(
-                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice,
+                high_res_features=high_res_features,
             )
             return masks, iou_pred[:, mask_slice]
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+            high_res_features=high_res_features,
         )
         return masks[:, mask_slice], iou_pred[:, mask_slice]
 
@@ -103,6 +107,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         mask_slice: slice | None = None,
+        high_res_features: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict the masks of the mask tokens in `mask_slice` (default all) and all IoUs."""
         b = sparse_prompt_embeddings.shape[0]
@@ -110,14 +115,15 @@ class MaskDecoder(nn.Module):
         chunk = self.chunk_size(image_embeddings, b)
         if image_embeddings.shape[0] != 1 or b <= chunk:
             return self._masks_and_ious(
-                image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice
+                image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice, high_res_features
             )
         masks, ious = [], []
         for start in range(0, b, chunk):
             part = slice(start, start + chunk)
             part_dense = dense if dense.shape[0] == 1 else dense[part]
             m, i = self._masks_and_ious(
-                image_embeddings, image_pe, sparse_prompt_embeddings[part], part_dense, mask_slice
+                image_embeddings, image_pe, sparse_prompt_embeddings[part], part_dense, mask_slice,
+                high_res_features,
             )
             masks.append(m)
             ious.append(i)
@@ -130,6 +136,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense: torch.Tensor,
         mask_slice: slice | None,
+        high_res_features: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks of `mask_slice` and all IoUs for one chunk of prompts.
 
@@ -142,11 +149,18 @@ class MaskDecoder(nn.Module):
             iou_pred, mask_tokens_out, src = self.predict_tokens(
                 image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice=mask_slice
             )
-            return self.masks_from_tokens(mask_tokens_out, src, hw, mask_slice=mask_slice), iou_pred
+            masks = self.masks_from_tokens(
+                mask_tokens_out, src, hw, mask_slice=mask_slice, high_res_features=high_res_features
+            )
+            return masks, iou_pred
         hs, src, conv1_out = self._fast_tokens(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice, with_conv1=True
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice,
+            with_conv1=high_res_features is None,
         )
-        masks = self.masks_from_tokens(hs[:, 1:], src, hw, mask_slice=mask_slice, conv1_out=conv1_out)
+        masks = self.masks_from_tokens(
+            hs[:, 1:], src, hw, mask_slice=mask_slice, conv1_out=conv1_out,
+            high_res_features=high_res_features,
+        )
         return masks, self.iou_prediction_head(hs[:, 0, :])
 
     def _fast_tokens(
@@ -309,11 +323,14 @@ class MaskDecoder(nn.Module):
         exact: bool = False,
         mask_slice: slice | None = None,
         conv1_out: torch.Tensor | None = None,
+        high_res_features: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Mask logits (B, T, 4h, 4w) from the transformer outputs of :meth:`predict_tokens`.
 
         ``mask_slice``: ``mask_tokens_out`` holds only these mask tokens (as returned by
         ``predict_tokens(..., mask_slice=...)``); default all of them.
+        ``high_res_features`` [stride 4, stride 8] (batch 1 or B): added after the first and the second
+        upscaling convolution (SAM 2's scheme), for models with a :class:`HighResEncoder`.
 
         On the fast path the upscaling runs as channels-last matmuls (same function, ~1e-6 relative).
         """
@@ -321,11 +338,17 @@ class MaskDecoder(nn.Module):
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](mask_tokens_out[:, j, :]) for j, i in enumerate(chosen)], dim=1
         )
-        if self.uses_fast_path(exact) and len(self.output_upscaling) == 5:
+        if high_res_features is None and self.uses_fast_path(exact) and len(self.output_upscaling) == 5:
             return upscale_masks(self.output_upscaling, hyper_in, src.contiguous(), embedding_hw, conv1_out)
         h, w = embedding_hw
         src = src.transpose(1, 2).reshape(src.shape[0], src.shape[2], h, w)
-        upscaled = self.output_upscaling(src)
+        if high_res_features is None:
+            upscaled = self.output_upscaling(src)
+        else:
+            conv1, norm, act1, conv2, act2 = self.output_upscaling
+            feat_s4, feat_s8 = high_res_features
+            upscaled = act1(norm(conv1(src) + feat_s8))
+            upscaled = act2(conv2(upscaled) + feat_s4)
         bu, cu, hu, wu = upscaled.shape
         return (hyper_in @ upscaled.view(bu, cu, hu * wu)).view(bu, -1, hu, wu)
 

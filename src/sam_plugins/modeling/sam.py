@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .high_res import HighResEncoder
 from .image_encoder import ImageEncoderViT
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
@@ -26,17 +27,27 @@ class Sam(nn.Module):
         mask_decoder: MaskDecoder,
         pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53),
         pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375),
+        high_res_encoder: HighResEncoder | None = None,
     ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
+        # optional, not in official SAM: image features at strides 4 and 8 for the decoder's upscaling
+        self.high_res_encoder = high_res_encoder
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
 
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
+
+    def encode(self, input_images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        """Preprocessed images (B, 3, S, S) -> image embeddings and the high-res features (or None)."""
+        embeddings = self.image_encoder(input_images)
+        if self.high_res_encoder is None:
+            return embeddings, None
+        return embeddings, self.high_res_encoder(input_images)
 
     @torch.no_grad()
     def forward(
@@ -50,9 +61,9 @@ class Sam(nn.Module):
         Returns per image 'masks' (B, C, H, W) bool, 'iou_predictions' (B, C), 'low_res_logits'.
         """
         input_images = torch.stack([self.preprocess(x["image"]) for x in batched_input], dim=0)
-        image_embeddings = self.image_encoder(input_images)
+        image_embeddings, high_res = self.encode(input_images)
         outputs = []
-        for record, embedding in zip(batched_input, image_embeddings, strict=True):
+        for i, (record, embedding) in enumerate(zip(batched_input, image_embeddings, strict=True)):
             points = None
             if "point_coords" in record:
                 points = (record["point_coords"], record["point_labels"])
@@ -65,6 +76,7 @@ class Sam(nn.Module):
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
+                high_res_features=None if high_res is None else [f[i : i + 1] for f in high_res],
             )
             masks = self.postprocess_masks(
                 low_res_masks, input_size=record["image"].shape[-2:], original_size=record["original_size"]

@@ -133,6 +133,12 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
         dec_depth = 1 + max(
             int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers.")
         )
+        high_res = (  # high-res feature path (not in official models): widths of its three levels
+            tuple(int(state[f"high_res_encoder.{level}.0.weight"].shape[0])
+                  for level in ("stride2", "stride4", "stride8"))
+            if "high_res_encoder.stride2.0.weight" in state
+            else ()
+        )
         iou_layers = [
             k for k in state if k.startswith("mask_decoder.iou_prediction_head.layers.") and "weight" in k
         ]
@@ -157,6 +163,7 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
         iou_head_depth=len(iou_layers),
         iou_head_hidden_dim=int(state["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]),
         patch_stem_channels=stem,
+        high_res_channels=high_res,
     )
 
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from ..modeling import HighResEncoder, ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,9 @@ class SamConfig:
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     # () = the official single patchify convolution; otherwise a convolutional stem (see PatchEmbed)
     patch_stem_channels: tuple[int, ...] = ()
+    # () = official (no high-res path); (c0, c1, c2) = a HighResEncoder with these widths feeding
+    # image features at strides 4 and 8 into the decoder's upscaling (modeling/high_res.py)
+    high_res_channels: tuple[int, ...] = ()
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -50,12 +53,15 @@ class SamConfig:
         d["pixel_mean"] = list(self.pixel_mean)
         d["pixel_std"] = list(self.pixel_std)
         d["patch_stem_channels"] = list(self.patch_stem_channels)
+        d["high_res_channels"] = list(self.high_res_channels)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> SamConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "extra"}
-        for key in ("encoder_global_attn_indexes", "pixel_mean", "pixel_std", "patch_stem_channels"):
+        tuples = ("encoder_global_attn_indexes", "pixel_mean", "pixel_std", "patch_stem_channels",
+                  "high_res_channels")
+        for key in tuples:
             if key in known:
                 known[key] = tuple(known[key])
         return cls(**known)
@@ -130,6 +136,14 @@ def build_sam(config: SamConfig) -> Sam:
         mask_decoder=mask_decoder,
         pixel_mean=config.pixel_mean,
         pixel_std=config.pixel_std,
+        high_res_encoder=(
+            HighResEncoder(
+                tuple(config.high_res_channels),
+                (config.prompt_embed_dim // 8, config.prompt_embed_dim // 4),
+            )
+            if config.high_res_channels
+            else None
+        ),
     )
     sam.config = config
     sam.eval()
@@ -165,6 +179,22 @@ def resize_input(model: Sam, image_size: int, window_size: int | None = None) ->
     resized.load_state_dict(state)
     resized.train(model.training)
     return resized.to(next(model.parameters()).device)
+
+
+def add_high_res(model: Sam, channels: tuple[int, int, int]) -> Sam:
+    """A copy of `model` with a :class:`HighResEncoder` of these widths, to fine-tune from.
+
+    Every weight is kept and the new path's output projections start at zero, so the copy gives
+    exactly the outputs of `model` until it is trained.
+    """
+    if model.config.high_res_channels:
+        raise ValueError("The model already has a high-resolution feature path.")
+    grown = build_sam(model.config.replace(high_res_channels=tuple(channels)))
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not key.startswith("high_res_encoder.") for key in missing):
+        raise ValueError(f"Cannot copy the weights: missing {missing}, unexpected {unexpected}")
+    grown.train(model.training)
+    return grown.to(next(model.parameters()).device)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

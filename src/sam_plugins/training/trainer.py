@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..models.configs import OFFICIAL_CONFIGS, SMALL_CONFIGS, SamConfig, build_sam, resize_input
+from ..models.configs import (
+    OFFICIAL_CONFIGS,
+    SMALL_CONFIGS,
+    SamConfig,
+    add_high_res,
+    build_sam,
+    resize_input,
+)
 from .aux_head import DenseAuxHead, dense_aux_loss
 from .data import TrainExample
 from .losses import sam_loss
@@ -142,15 +149,20 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
         from ..models.registry import load_model
 
         model = load_model(config.init_checkpoint, device="cpu", progress=config.progress)
-        resizable = {"image_size", "window_size"}
-        if set(config.model_config) - resizable:
+        changeable = {"image_size", "window_size", "high_res_channels"}
+        if set(config.model_config) - changeable:
             raise ValueError(
                 "model_config cannot change the architecture of init_checkpoint; only "
-                f"{sorted(resizable)} may be given (the weights are resampled to them)"
+                f"{sorted(changeable)} may be given (the weights are resampled to the input size; "
+                "a new high-res path starts as a no-op)"
             )
-        if config.model_config:
-            model = resize_input(model, config.model_config.get("image_size", model.config.image_size),
-                                 config.model_config.get("window_size"))
+        resize = {k: v for k, v in config.model_config.items() if k != "high_res_channels"}
+        if resize:
+            model = resize_input(model, resize.get("image_size", model.config.image_size),
+                                 resize.get("window_size"))
+        channels = tuple(config.model_config.get("high_res_channels", ()))
+        if channels and tuple(model.config.high_res_channels) != channels:
+            model = add_high_res(model, channels)
     else:
         model = build_sam(config.sam_config())
         init_weights(model, torch.Generator().manual_seed(config.seed), scheme=config.init,
@@ -183,13 +195,15 @@ def interactive_loss(
     (plus, with `aux_head`, the dense auxiliary loss weighted by `config.aux_weight`)."""
     device = model.pixel_mean.device
     images = torch.stack([e.image for e in examples]).to(device)
-    embeddings = model.image_encoder(model.preprocess(images))
+    embeddings, high_res = model.encode(model.preprocess(images))
     aux = None
     if aux_head is not None:
         aux = dense_aux_loss(aux_head, embeddings, [e.labels for e in examples])
     counts = [len(e.masks) for e in examples]
     index = torch.repeat_interleave(torch.arange(len(examples)), torch.tensor(counts)).to(device)
     embeddings = embeddings[index]
+    if high_res is not None:
+        high_res = [f[index] for f in high_res]
     gt = np.concatenate([e.masks for e in examples])  # (N, S, S) bool
     low = model.prompt_encoder.mask_input_size
     factor = gt.shape[-1] // low[-1]
@@ -218,7 +232,9 @@ def interactive_loss(
         multimask = mode == "point" and r == 0
         points = (coords.float(), labels) if coords is not None else None
         sparse, dense = model.prompt_encoder(points, boxes, mask_in)
-        logits, iou_pred = model.mask_decoder.predict_masks(embeddings, image_pe, sparse, dense)
+        logits, iou_pred = model.mask_decoder.predict_masks(
+            embeddings, image_pe, sparse, dense, high_res_features=high_res
+        )
         sel = slice(1, None) if multimask else slice(0, 1)
         out = sam_loss(logits[:, sel], iou_pred[:, sel], gt_low_dev, focal_weight=config.focal_weight,
                        dice_weight=config.dice_weight, iou_weight=config.iou_weight,
@@ -320,12 +336,18 @@ def init_weights(
 
 
 def _decode(
-    model: torch.nn.Module, emb: torch.Tensor, points: Any, boxes: Any, masks: Any, multimask: bool
+    model: torch.nn.Module,
+    emb: tuple[torch.Tensor, list[torch.Tensor] | None],
+    points: Any,
+    boxes: Any,
+    masks: Any,
+    multimask: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Low-res logits of the mask with the highest predicted IoU, and the full-size binary mask."""
+    """Low-res logits of the mask with the highest predicted IoU, and the full-size binary mask.
+    ``emb``: the image embedding and high-res features of one image (``Sam.encode``)."""
     sparse, dense = model.prompt_encoder(points, boxes, masks)
-    low, iou = model.mask_decoder(emb, model.prompt_encoder.get_dense_pe(), sparse, dense,
-                                  multimask_output=multimask)
+    low, iou = model.mask_decoder(emb[0], model.prompt_encoder.get_dense_pe(), sparse, dense,
+                                  multimask_output=multimask, high_res_features=emb[1])
     low = low[torch.arange(len(low)), iou.argmax(1)][:, None]
     size = model.image_encoder.img_size
     full = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[:, 0]
@@ -348,7 +370,7 @@ def evaluate(
     device = model.pixel_mean.device
     res: dict[str, list[float]] = {"point_miou": [], "box_miou": [], f"click{clicks}_miou": []}
     for ex in examples:
-        emb = model.image_encoder(model.preprocess(ex.image[None].to(device)))
+        emb = model.encode(model.preprocess(ex.image[None].to(device)))
         gt = ex.masks
         gt_t = torch.from_numpy(gt).to(device)
         coords = torch.from_numpy(sample_positive_points(gt, rng))[:, None].to(device)
