@@ -132,11 +132,15 @@ def test_training_learns_through_the_path(tmp_path: Path):
     base = save_checkpoint(tmp_path / "base.pt", build_sam(TINY), {})
     config = TrainConfig(init_checkpoint=str(base), model_config={"high_res_channels": list(CHANNELS)},
                          images_per_step=1, objects_per_image=4, rounds=1, lr=2e-3, box_prob=1.0,
-                         progress=False)
+                         high_res_lr_scale=3.0, progress=False)
     model = build_model(config)
     assert model.config.high_res_channels == CHANNELS
     model.train()
     optimizer = make_optimizer(model, config)
+    path_params = {id(p) for p in model.high_res_encoder.parameters()}
+    for group in optimizer.param_groups:  # the new path has its own learning-rate scale
+        in_path = {id(p) in path_params for p in group["params"]}
+        assert len(in_path) == 1 and group["lr_scale"] == (3.0 if in_path.pop() else 1.0)
     examples = draw_examples([(image, labels)], np.random.default_rng(0), 1, config, 256, augment=False)
     losses = []
     for _ in range(15):

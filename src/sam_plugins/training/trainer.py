@@ -76,6 +76,9 @@ class TrainConfig:
     epoch_steps: int = 250
     lr: float = 4e-4
     encoder_lr_scale: float = 1.0
+    # learning rate of the high-res feature path (model_config.high_res_channels) relative to lr: a path
+    # added to a trained model starts at zero and must catch up with the rest
+    high_res_lr_scale: float = 1.0
     freeze_encoder: bool = False
     weight_decay: float = 0.05
     warmup_steps: int = 100
@@ -417,7 +420,7 @@ def make_optimizer(
     model: torch.nn.Module, config: TrainConfig, aux_head: torch.nn.Module | None = None
 ) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases, norms, embeddings and position tables."""
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
     named = list(model.named_parameters())
     if aux_head is not None:
         named += [(f"aux_head.{n}", p) for n, p in aux_head.named_parameters()]
@@ -427,11 +430,12 @@ def make_optimizer(
             p.requires_grad_(False)
             continue
         no_decay = p.ndim < 2 or any(k in name for k in ("pos_embed", "rel_pos", "token", "embed"))
-        groups.setdefault((is_encoder, no_decay), []).append(p)
+        part = "encoder" if is_encoder else "high_res" if name.startswith("high_res_encoder.") else "other"
+        groups.setdefault((part, no_decay), []).append(p)
+    scales = {"encoder": config.encoder_lr_scale, "high_res": config.high_res_lr_scale, "other": 1.0}
     param_groups = [
-        {"params": ps, "weight_decay": 0.0 if nd else config.weight_decay,
-         "lr_scale": config.encoder_lr_scale if enc else 1.0}
-        for (enc, nd), ps in groups.items()
+        {"params": ps, "weight_decay": 0.0 if nd else config.weight_decay, "lr_scale": scales[part]}
+        for (part, nd), ps in groups.items()
     ]
     return torch.optim.AdamW(param_groups, lr=config.lr, betas=(0.9, 0.999))
 
