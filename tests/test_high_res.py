@@ -66,6 +66,33 @@ def test_added_path_keeps_the_outputs_until_trained(plain, grown):
         add_high_res(grown, CHANNELS)
 
 
+def test_fast_decoder_adds_the_features_like_the_plain_one():
+    """The inference fast path (channels-last upscaling) gives the plain path's logits with the path."""
+    torch.manual_seed(5)
+    model = add_high_res(build_sam(TINY), CHANNELS)
+    with torch.no_grad():
+        for proj in (model.high_res_encoder.proj_s4, model.high_res_encoder.proj_s8):
+            proj.weight.normal_(0, 0.5)
+            proj.bias.normal_(0, 0.5)
+    predictor = SamPredictor(model)
+    predictor.set_image(IMAGE)
+    boxes = torch.tensor([[10.0, 20.0, 90.0, 120.0], [100.0, 30.0, 200.0, 150.0], [0.0, 0.0, 255.0, 200.0]])
+    points = torch.tensor([[[50.0, 60.0]], [[150.0, 90.0]], [[30.0, 200.0]]])
+    labels = torch.ones(3, 1, dtype=torch.int64)
+    runs = []
+    for fast in (True, False):
+        model.mask_decoder.fast_inference = fast
+        try:
+            runs.append([predictor.predict_torch(points, labels, boxes=b, return_logits=True)
+                         for b in (None, boxes)])
+        finally:
+            model.mask_decoder.fast_inference = True
+    for (m_fast, iou_fast, low_fast), (m_plain, iou_plain, low_plain) in zip(*runs, strict=True):
+        torch.testing.assert_close(low_fast, low_plain, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(iou_fast, iou_plain, atol=1e-5, rtol=1e-5)
+    assert (runs[0][0][2] - runs[0][1][2]).abs().max() > 0.1  # the prompts differ: not a constant
+
+
 def test_checkpoint_round_trip_keeps_the_path(tmp_path: Path):
     torch.manual_seed(4)
     model = add_high_res(build_sam(TINY), CHANNELS)

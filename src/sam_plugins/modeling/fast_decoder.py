@@ -381,17 +381,35 @@ def _gelu_inplace(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return act(x)
 
 
+def high_res_token_layout(
+    high_res: list[torch.Tensor], hw: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """High-res features [stride 4 (B, c2, 4h, 4w), stride 8 (B, c1, 2h, 2w)] in the layouts of
+    :func:`upscale_masks`: stride 4 as (B, h*w*4, [a', b', c2]) with rows (i, j, a, b), stride 8 as
+    (B, h*w, [a, b, c1]) (pixel row 4i + 2a + a' at stride 4, 2i + a at stride 8)."""
+    s4, s8 = high_res
+    h, w = hw
+    b, c1, c2 = s8.shape[0], s8.shape[1], s4.shape[1]
+    s8_rows = s8.reshape(b, c1, h, 2, w, 2).permute(0, 2, 4, 3, 5, 1).reshape(b, h * w, 4 * c1)
+    s4_rows = s4.reshape(b, c2, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 4, 7, 1)
+    s4_rows = s4_rows.reshape(b, h * w * 4, 4 * c2)
+    return s4_rows, s8_rows
+
+
 def upscale_masks(
     upscaling: nn.Sequential,
     hyper_in: torch.Tensor,
     src: torch.Tensor,
     hw: tuple[int, ...],
     conv1_out: torch.Tensor | None = None,
+    high_res: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mask logits (B, T, 4h, 4w) = hyper_in (B, T, c) . output_upscaling(src), src (B, h*w, C) tokens.
 
     ``conv1_out``: the first convolution's output (B, h*w, 4*c1), bias included, when already known
     (:func:`conv1_of_final_tokens`; it is overwritten); then ``src`` is not read.
+    ``high_res``: the high-res features in :func:`high_res_token_layout` (batch 1 or B), added after
+    the first and the second convolution.
 
     Each stride-2 ConvTranspose2d with a 2x2 kernel is one matmul per pixel in channels-last layout
     (no mkldnn deconvolution, no layout copies). Blocks of token rows run the whole chain (conv,
@@ -422,9 +440,15 @@ def upscale_masks(
                 x = conv1_out[i, r0 * w : r1 * w].view(n * 4, c1)
             else:  # matmul then in-place bias: on CPU addmm first copies the broadcast bias into its output
                 x = torch.mm(src[i, r0 * w : r1 * w], w1, out=ws1[:n]).view(n * 4, c1).add_(conv1.bias)
+            if high_res is not None:
+                hb = i if high_res[1].shape[0] > 1 else 0  # the image of prompt i
+                x.view(n, 4 * c1).add_(high_res[1][hb, r0 * w : r1 * w])
             _layer_norm_(x, norm)  # x is a temporary (a workspace)
             x = _gelu_inplace(act1, x)
-            x = _gelu_inplace(act2, torch.mm(x, w2, out=ws2[: n * 4]).add_(bias2))  # (n * 4, 4 * c2)
+            x = torch.mm(x, w2, out=ws2[: n * 4]).add_(bias2)  # (n * 4, 4 * c2)
+            if high_res is not None:
+                x.add_(high_res[0][hb, r0 * w * 4 : r1 * w * 4])
+            x = _gelu_inplace(act2, x)
             # the T mask planes as rows: (T, c2) x (c2, n * 16), columns (i, j, a, b, a', b')
             m = torch.mm(hyper_in[i], x.view(n * 16, c2).t(), out=ws3[:, : n * 16])
             # to (T, i, a, a', j, b, b') in two copies: one 7-d permutation moves 2 floats at a time

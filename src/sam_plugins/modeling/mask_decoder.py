@@ -11,6 +11,7 @@ from .fast_decoder import (
     ImageSide,
     conv1_of_final_tokens,
     fast_transformer,
+    high_res_token_layout,
     prepare_image_side,
     same_bits,
     upscale_masks,
@@ -155,7 +156,7 @@ class MaskDecoder(nn.Module):
             return masks, iou_pred
         hs, src, conv1_out = self._fast_tokens(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice,
-            with_conv1=high_res_features is None,
+            with_conv1=True,
         )
         masks = self.masks_from_tokens(
             hs[:, 1:], src, hw, mask_slice=mask_slice, conv1_out=conv1_out,
@@ -338,8 +339,13 @@ class MaskDecoder(nn.Module):
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](mask_tokens_out[:, j, :]) for j, i in enumerate(chosen)], dim=1
         )
-        if high_res_features is None and self.uses_fast_path(exact) and len(self.output_upscaling) == 5:
-            return upscale_masks(self.output_upscaling, hyper_in, src.contiguous(), embedding_hw, conv1_out)
+        if self.uses_fast_path(exact) and len(self.output_upscaling) == 5:
+            high_res = (
+                None if high_res_features is None else high_res_token_layout(high_res_features, embedding_hw)
+            )
+            return upscale_masks(
+                self.output_upscaling, hyper_in, src.contiguous(), embedding_hw, conv1_out, high_res
+            )
         h, w = embedding_hw
         src = src.transpose(1, 2).reshape(src.shape[0], src.shape[2], h, w)
         if high_res_features is None:
