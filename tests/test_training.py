@@ -297,6 +297,32 @@ def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path):
         train(TrainConfig.from_dict({**run.to_dict(), "precision": "fp16"}), log=lambda s: None)
 
 
+def test_loss_on_upsampled_logits_trains_and_checks_its_factor():
+    """loss_upscale = 2: the mask loss on 2x-upsampled logits against 2x finer targets still learns
+    (points, corrections); factors other than 1, 2, 4 are refused when the config is made."""
+    from sam_plugins.training.trainer import build_model
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    scenes = [disk_scene(rng, 128) for _ in range(2)]
+    config = TrainConfig(model="tiny", images_per_step=2, objects_per_image=4, rounds=2, lr=2e-3,
+                         box_prob=0.0, mask_prompt_prob=0.0, no_point_round_prob=0.0, loss_upscale=2)
+    model = build_model(config)
+    model.train()
+    optimizer = make_optimizer(model, config)
+    examples = draw_examples(scenes, np.random.default_rng(0), 2, config, 256, augment=False)
+    losses = []
+    for _ in range(12):
+        loss, _ = interactive_loss(model, examples, np.random.default_rng(1), config)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    with pytest.raises(ValueError, match="loss_upscale"):
+        TrainConfig(model="tiny", loss_upscale=3)
+
+
 def test_lr_schedule():
     config = TrainConfig(steps=100, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_factor(0, config) == pytest.approx(0.1)

@@ -91,6 +91,10 @@ class TrainConfig:
     focal_alpha: float = -1.0
     focal_gamma: float = 2.0
     multimask_other_weight: float = 0.0  # > 0: also train the non-best multimask outputs (losses.py)
+    # 1: the mask loss on the low-res logits (stride 4 of the input) against area-averaged targets;
+    # k > 1: on the logits upsampled k times (bilinear, as at inference) against k-times finer targets,
+    # which teaches where the outline runs between low-res pixels
+    loss_upscale: int = 1
     # "fp32", or "bf16": the forward pass under bfloat16 autocast (matmuls and convolutions in bf16,
     # weights, gradients, optimizer state and the loss in fp32); ~1.5x the steps per second on CPUs
     # with AVX512-BF16 and on recent GPUs
@@ -131,6 +135,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.loss_upscale not in (1, 2, 4):
+            raise ValueError(
+                f"loss_upscale must be 1, 2 or 4 (times the low-res logits), got {self.loss_upscale!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,7 +219,12 @@ def interactive_loss(
     low = model.prompt_encoder.mask_input_size
     factor = gt.shape[-1] // low[-1]
     gt_low = F.avg_pool2d(torch.from_numpy(gt).float()[:, None], factor)  # soft targets (N, 1, h, w)
-    gt_low_dev = gt_low.to(device)
+    up = config.loss_upscale
+    gt_loss = gt_low.to(device)
+    if up > 1:
+        if factor % up:
+            raise ValueError(f"loss_upscale {up} does not divide the low-res stride {factor} of this model")
+        gt_loss = F.avg_pool2d(torch.from_numpy(gt).float()[:, None], factor // up).to(device)
     image_pe = model.prompt_encoder.get_dense_pe()
 
     u = rng.random()
@@ -239,7 +252,10 @@ def interactive_loss(
             embeddings, image_pe, sparse, dense, high_res_features=high_res
         )
         sel = slice(1, None) if multimask else slice(0, 1)
-        out = sam_loss(logits[:, sel], iou_pred[:, sel], gt_low_dev, focal_weight=config.focal_weight,
+        loss_logits = logits[:, sel]
+        if up > 1:
+            loss_logits = F.interpolate(loss_logits, scale_factor=up, mode="bilinear", align_corners=False)
+        out = sam_loss(loss_logits, iou_pred[:, sel], gt_loss, focal_weight=config.focal_weight,
                        dice_weight=config.dice_weight, iou_weight=config.iou_weight,
                        focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
                        other_outputs_weight=config.multimask_other_weight)
