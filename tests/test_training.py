@@ -235,25 +235,31 @@ def test_folder_dataset_and_errors(tmp_path: Path):
 # --- training ---------------------------------------------------------------------------------------
 
 
-def test_training_steps_lower_the_loss():
+def _point_training_losses(steps: int = 12, **config_changes) -> tuple[list[float], dict[str, float]]:
+    """Losses of `steps` steps of the tiny model on two disk scenes (points and corrections only)."""
+    from sam_plugins.training.trainer import build_model
+
     torch.manual_seed(0)
     rng = np.random.default_rng(5)
     scenes = [disk_scene(rng, 128) for _ in range(2)]
     config = TrainConfig(model="tiny", images_per_step=2, objects_per_image=4, rounds=2, lr=2e-3,
-                         box_prob=0.0, mask_prompt_prob=0.0, no_point_round_prob=0.0)
-    from sam_plugins.training.trainer import build_model
-
+                         box_prob=0.0, mask_prompt_prob=0.0, no_point_round_prob=0.0, **config_changes)
     model = build_model(config)
     model.train()
     optimizer = make_optimizer(model, config)
     examples = draw_examples(scenes, np.random.default_rng(0), 2, config, 256, augment=False)
     losses = []
-    for _ in range(12):
+    for _ in range(steps):
         loss, stats = interactive_loss(model, examples, np.random.default_rng(1), config)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+    return losses, stats
+
+
+def test_training_steps_lower_the_loss():
+    losses, stats = _point_training_losses()
     assert {"focal", "dice", "iou_mse", "iou_first", "iou_last"} <= set(stats)
     assert losses[-1] < 0.7 * losses[0]
 
@@ -300,24 +306,7 @@ def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path):
 def test_loss_on_upsampled_logits_trains_and_checks_its_factor():
     """loss_upscale = 2: the mask loss on 2x-upsampled logits against 2x finer targets still learns
     (points, corrections); factors other than 1, 2, 4 are refused when the config is made."""
-    from sam_plugins.training.trainer import build_model
-
-    torch.manual_seed(0)
-    rng = np.random.default_rng(5)
-    scenes = [disk_scene(rng, 128) for _ in range(2)]
-    config = TrainConfig(model="tiny", images_per_step=2, objects_per_image=4, rounds=2, lr=2e-3,
-                         box_prob=0.0, mask_prompt_prob=0.0, no_point_round_prob=0.0, loss_upscale=2)
-    model = build_model(config)
-    model.train()
-    optimizer = make_optimizer(model, config)
-    examples = draw_examples(scenes, np.random.default_rng(0), 2, config, 256, augment=False)
-    losses = []
-    for _ in range(12):
-        loss, _ = interactive_loss(model, examples, np.random.default_rng(1), config)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses, _ = _point_training_losses(loss_upscale=2)
     assert losses[-1] < 0.7 * losses[0]
     with pytest.raises(ValueError, match="loss_upscale"):
         TrainConfig(model="tiny", loss_upscale=3)
