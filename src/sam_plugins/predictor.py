@@ -193,11 +193,7 @@ class SamPredictor:
                 "This model needs the high-resolution features too, but the embedding has only the "
                 "encoder output (saved by an older version or another model): recompute it."
             )
-        size = self.model.image_encoder.img_size
-        expected = [
-            (1, path.proj_s4.out_channels, size // 4, size // 4),
-            (1, path.proj_s8.out_channels, size // 8, size // 8),
-        ]
+        expected = path.feature_shapes(self.model.image_encoder.img_size)
         shapes = [tuple(f.shape) for f in embedding.high_res]
         if shapes != expected:
             raise ValueError(f"High-res feature shapes {shapes} do not fit this model (expected {expected}).")

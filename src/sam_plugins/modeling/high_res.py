@@ -48,6 +48,13 @@ class HighResEncoder(nn.Module):
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
 
+    def feature_shapes(self, image_size: int) -> list[tuple[int, int, int, int]]:
+        """Shapes of the two outputs for one padded input of side ``image_size``."""
+        return [
+            (1, self.proj_s4.out_channels, image_size // 4, image_size // 4),
+            (1, self.proj_s8.out_channels, image_size // 8, image_size // 8),
+        ]
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: the preprocessed input (B, 3, S, S). Returns [(B, out0, S/4, S/4), (B, out1, S/8, S/8)]."""
         s4 = self.stride4(self.stride2(x))

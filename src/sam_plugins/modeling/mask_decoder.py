@@ -54,6 +54,7 @@ class MaskDecoder(nn.Module):
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
         self._side_cache: tuple | None = None
+        self._high_res_cache: tuple | None = None
 
     #: With grad disabled, the transformer runs reassociated (``fast_decoder``): same outputs to float
     #: rounding (~1e-6), several times fewer operations. False, or ``exact=True``, runs the plain path.
@@ -155,8 +156,7 @@ class MaskDecoder(nn.Module):
             )
             return masks, iou_pred
         hs, src, conv1_out = self._fast_tokens(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice,
-            with_conv1=True,
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice, with_conv1=True
         )
         masks = self.masks_from_tokens(
             hs[:, 1:], src, hw, mask_slice=mask_slice, conv1_out=conv1_out,
@@ -315,6 +315,23 @@ class MaskDecoder(nn.Module):
         )
         return side
 
+    def _high_res_rows(
+        self, high_res_features: list[torch.Tensor], hw: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``high_res_token_layout`` of the features, made once per image (clicks reuse it) while the
+        same tensors are passed unchanged (tensors without a version counter are not cached)."""
+        key = (tuple(hw), tuple(version_or_none(f) for f in high_res_features))
+        if None in key[1]:
+            return high_res_token_layout(high_res_features, hw)
+        cache = self._high_res_cache
+        if cache is not None and cache[0] == key and all(
+            a is b for a, b in zip(cache[1], high_res_features, strict=True)
+        ):
+            return cache[2]
+        rows = high_res_token_layout(high_res_features, hw)
+        self._high_res_cache = (key, list(high_res_features), rows)
+        return rows
+
     def masks_from_tokens(
         self,
         mask_tokens_out: torch.Tensor,
@@ -340,9 +357,8 @@ class MaskDecoder(nn.Module):
             [self.output_hypernetworks_mlps[i](mask_tokens_out[:, j, :]) for j, i in enumerate(chosen)], dim=1
         )
         if self.uses_fast_path(exact) and len(self.output_upscaling) == 5:
-            high_res = (
-                None if high_res_features is None else high_res_token_layout(high_res_features, embedding_hw)
-            )
+            high_res = None if high_res_features is None else self._high_res_rows(high_res_features,
+                                                                                  embedding_hw)
             return upscale_masks(
                 self.output_upscaling, hyper_in, src.contiguous(), embedding_hw, conv1_out, high_res
             )

@@ -218,13 +218,12 @@ def interactive_loss(
     gt = np.concatenate([e.masks for e in examples])  # (N, S, S) bool
     low = model.prompt_encoder.mask_input_size
     factor = gt.shape[-1] // low[-1]
-    gt_low = F.avg_pool2d(torch.from_numpy(gt).float()[:, None], factor)  # soft targets (N, 1, h, w)
+    gt_full = torch.from_numpy(gt).float()[:, None]
+    gt_low = F.avg_pool2d(gt_full, factor)  # soft targets (N, 1, h, w)
     up = config.loss_upscale
-    gt_loss = gt_low.to(device)
-    if up > 1:
-        if factor % up:
-            raise ValueError(f"loss_upscale {up} does not divide the low-res stride {factor} of this model")
-        gt_loss = F.avg_pool2d(torch.from_numpy(gt).float()[:, None], factor // up).to(device)
+    if factor % up:
+        raise ValueError(f"loss_upscale {up} does not divide the low-res stride {factor} of this model")
+    gt_loss = (gt_low if up == 1 else F.avg_pool2d(gt_full, factor // up)).to(device)
     image_pe = model.prompt_encoder.get_dense_pe()
 
     u = rng.random()
