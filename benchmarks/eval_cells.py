@@ -24,6 +24,7 @@ from scipy import ndimage
 
 import sam_plugins
 from sam_plugins.automatic import SamAutomaticMaskGenerator, masks_to_label_image
+from sam_plugins.automatic.tuning import match_f1
 
 HELD_OUT_SEED = 9_000_000
 
@@ -40,32 +41,6 @@ def centre_click(mask: np.ndarray) -> tuple[float, float]:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
-
-def match_f1(pred: np.ndarray, truth: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """F1 of predicted vs true instances, matched one-to-one at IoU > threshold (unique for 0.5)."""
-    pred_ids = [i for i in np.unique(pred) if i]
-    true_ids = [i for i in np.unique(truth) if i]
-    if not pred_ids or not true_ids:
-        return {
-            "f1": 0.0 if (pred_ids or true_ids) else 1.0,
-            "tp": 0,
-            "fp": len(pred_ids),
-            "fn": len(true_ids),
-        }
-    # overlap counts between every predicted and every true id, from one joint histogram
-    p_index = {v: k for k, v in enumerate(pred_ids)}
-    t_index = {v: k for k, v in enumerate(true_ids)}
-    both = (pred > 0) & (truth > 0)
-    pairs = np.stack([np.vectorize(p_index.get)(pred[both]), np.vectorize(t_index.get)(truth[both])])
-    inter = np.zeros((len(pred_ids), len(true_ids)))
-    np.add.at(inter, (pairs[0], pairs[1]), 1)
-    p_area = np.array([(pred == i).sum() for i in pred_ids])[:, None]
-    t_area = np.array([(truth == i).sum() for i in true_ids])[None, :]
-    ious = inter / (p_area + t_area - inter)
-    tp = int((ious > threshold).any(axis=1).sum())
-    fp, fn = len(pred_ids) - tp, len(true_ids) - tp
-    return {"f1": 2 * tp / (2 * tp + fp + fn), "tp": tp, "fp": fp, "fn": fn}
 
 
 def evaluate_image(
@@ -132,8 +107,8 @@ def main() -> None:
     parser.add_argument("--min-area", type=int, default=30)
     parser.add_argument("--no-auto", action="store_true", help="skip automatic segmentation (faster)")
     parser.add_argument("--points-per-side", type=int, default=32)
-    parser.add_argument("--pred-iou-thresh", type=float, default=0.8)
-    parser.add_argument("--stability-score-thresh", type=float, default=0.9)
+    parser.add_argument("--pred-iou-thresh", type=float, default=None, help="default: the model's own")
+    parser.add_argument("--stability-score-thresh", type=float, default=None, help="default: the model's own")
     parser.add_argument("--save-dir", type=Path, default=None, help="write overlays of automatic results")
     parser.add_argument("--json", type=Path, default=None, help="write the summary as JSON")
     args = parser.parse_args()
@@ -148,12 +123,15 @@ def main() -> None:
     predictor = sam_plugins.SamPredictor(model)
     generator = None
     if not args.no_auto:
-        generator = SamAutomaticMaskGenerator(
+        given = {
+            "pred_iou_thresh": args.pred_iou_thresh,
+            "stability_score_thresh": args.stability_score_thresh,
+        }
+        generator = SamAutomaticMaskGenerator.for_model(
             model,
             points_per_side=args.points_per_side,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_score_thresh,
             min_mask_region_area=10,
+            **{k: v for k, v in given.items() if v is not None},
         )
     datasets: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]] = []
     if args.generated:

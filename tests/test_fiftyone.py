@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 
+import sam_plugins
 from fo_fixtures import TINY_AMG, fo_session, make_cell_images, make_cells_dataset, tiny_checkpoint  # noqa: F401
 from sam_plugins.cli import main as cli_main
 
@@ -148,6 +149,22 @@ def test_operator_automatic_segmentation(fo, dataset, tiny):
         mask = seg.get_mask()
         assert mask.shape == (96, 96) and mask.dtype == np.uint16
     assert sum(int(s.get_mask().max()) for s in dataset.values("sam_automatic")) == report["instances"]
+
+
+def test_operator_leaves_blank_thresholds_to_the_model(fo, dataset, tmp_path):
+    """Thresholds left empty in the form: the checkpoint's recommendation, not SAM's 0.88/0.95."""
+    from sam_plugins.models.checkpoints import read_checkpoint_meta, save_checkpoint
+
+    plain = tiny_checkpoint(tmp_path / "plain.pt")
+    model = sam_plugins.load_model(plain, device="cpu")
+    meta = {**read_checkpoint_meta(plain), "generator_settings": {"pred_iou_thresh": 1.0}}
+    strict = save_checkpoint(tmp_path / "strict.pt", model, meta)
+    params = {"mode": "automatic", "model": str(strict), "points_per_side": 4, "stability_score_thresh": 0.0}
+    assert execute(fo, dataset, params).result["instances"] == 0  # nothing reaches a predicted IoU of 1
+    meta["generator_settings"] = {"pred_iou_thresh": 0.0}
+    loose = save_checkpoint(tmp_path / "loose.pt", model, meta)
+    params = {**params, "model": str(loose), "label_field": "loose"}
+    assert execute(fo, dataset, params).result["instances"] >= 1
 
 
 def test_view_target_selected_samples(fo, dataset, tiny):

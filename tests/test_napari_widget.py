@@ -212,6 +212,18 @@ def test_segment_everything_and_rethreshold(cells, qtbot):
     assert not encoder_calls and not decoder_calls
 
 
+def test_thresholds_follow_the_models_recommendation(cells):
+    _, widget = cells
+    from sam_plugins.napari._widget import QUALITY_DEFAULT, STABILITY_DEFAULT
+
+    tuned = tiny_model()
+    tuned.generator_settings = {"pred_iou_thresh": 0.5, "stability_score_thresh": 0.8}
+    widget.set_model(tuned, "tuned")
+    assert (widget.quality.value, widget.stability.value) == (0.5, 0.8)
+    widget.set_model(tiny_model(), "plain")  # recommends nothing: the widget's own defaults
+    assert (widget.quality.value, widget.stability.value) == (QUALITY_DEFAULT, STABILITY_DEFAULT)
+
+
 def test_click_during_a_long_job_is_used_afterwards(cells, qtbot):
     viewer, widget = cells
     widget.points_per_side.value = 4

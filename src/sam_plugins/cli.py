@@ -14,6 +14,7 @@ import sys
 COMMAND_MODULES = (
     "sam_plugins.commands.segment",
     "sam_plugins.commands.models",
+    "sam_plugins.commands.tune",
     "sam_plugins.training.cli",
     "sam_plugins.batch.cli",
     "sam_plugins.fiftyone.cli",

@@ -153,6 +153,16 @@ class SamAutomaticMaskGenerator:
         #: without the exact decoder (fast vs exact IoU differ by ~1e-6; see ``fast_decoder``).
         self.iou_screen_margin = 1e-4
 
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, **kwargs: Any) -> SamAutomaticMaskGenerator:
+        """A generator with the settings the model's checkpoint recommends (`model.generator_settings`).
+
+        The official models recommend nothing, so they get the official defaults. A small model
+        such as the embedded one predicts lower IoUs and needs lower thresholds; its checkpoint says
+        which. Keyword arguments (any constructor argument) override the recommendation.
+        """
+        return cls(model, **{**getattr(model, "generator_settings", {}), **kwargs})
+
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
     def generate(

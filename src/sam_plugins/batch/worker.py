@@ -187,7 +187,9 @@ class Segmenter:
         if self._amg is None:
             from sam_plugins.automatic import SamAutomaticMaskGenerator
 
-            self._amg = SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **self.settings.amg)
+            self._amg = SamAutomaticMaskGenerator.for_model(
+                self.model, output_mode="binary_mask", **self.settings.amg
+            )
         instances = []
         for record in self._amg.generate(rgb):
             inst = instance_from_mask(

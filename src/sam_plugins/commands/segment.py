@@ -28,10 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("sam_output"), help="output folder (default: %(default)s)"
     )
     parser.add_argument("--channel", type=int, default=None, help="channel to use for multichannel images")
-    parser.add_argument("--points-per-side", type=int, default=32)
-    parser.add_argument("--pred-iou-thresh", type=float, default=0.8)
-    parser.add_argument("--stability-score-thresh", type=float, default=0.9)
-    parser.add_argument("--min-mask-region-area", type=int, default=10)
+    recommended = "default: what the model's checkpoint recommends, else the official %s"
+    parser.add_argument("--points-per-side", type=int, default=None, help=recommended % "32")
+    parser.add_argument("--pred-iou-thresh", type=float, default=None, help=recommended % "0.88")
+    parser.add_argument("--stability-score-thresh", type=float, default=None, help=recommended % "0.95")
+    parser.add_argument("--min-mask-region-area", type=int, default=None, help=recommended % "0")
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (default: best available)")
     parser.set_defaults(func=run)
 
@@ -73,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
     rgb = prepare_image(image, channel=args.channel)
     start = time.perf_counter()
     model = load_model(args.model, device=args.device)
-    generator = SamAutomaticMaskGenerator(
-        model,
-        points_per_side=args.points_per_side,
-        pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh,
-        min_mask_region_area=args.min_mask_region_area,
+    given = {
+        "points_per_side": args.points_per_side,
+        "pred_iou_thresh": args.pred_iou_thresh,
+        "stability_score_thresh": args.stability_score_thresh,
+        "min_mask_region_area": args.min_mask_region_area,
+    }
+    generator = SamAutomaticMaskGenerator.for_model(
+        model, **{name: value for name, value in given.items() if value is not None}
     )
     records = generator.generate(rgb)
     labels = masks_to_label_image(records, rgb.shape[:2])

@@ -19,11 +19,15 @@ OPERATOR_URI = f"{PLUGIN_NAME}/{OPERATOR_NAME}"
 DELEGATE_THRESHOLD = 25
 
 # Automatic-mode parameters under their official names: (name, type, default, min, max, help).
+# A default of None leaves the value to the model: its checkpoint's recommendation, else the
+# official default (`SamAutomaticMaskGenerator.for_model`).
 AMG_FORM: tuple[tuple[str, type, Any, float | None, float | None, str], ...] = (
     ("points_per_side", int, 32, 1, 256, "grid points per image side"),
     ("points_per_batch", int, 64, 1, 4096, "points decoded together (memory vs. speed)"),
-    ("pred_iou_thresh", float, 0.88, 0.0, 1.0, "minimum predicted IoU"),
-    ("stability_score_thresh", float, 0.95, 0.0, 1.0, "minimum stability score"),
+    ("pred_iou_thresh", float, None, 0.0, 1.0, "minimum predicted IoU; empty: the model's own "
+     "recommendation (the official default 0.88 for official SAM)"),
+    ("stability_score_thresh", float, None, 0.0, 1.0, "minimum stability score; empty: the model's "
+     "own recommendation (the official default 0.95 for official SAM)"),
     ("stability_score_offset", float, 1.0, 0.0, None, "logit offset for the stability score"),
     ("box_nms_thresh", float, 0.7, 0.0, 1.0, "box IoU above which duplicates are removed"),
     ("crop_n_layers", int, 0, 0, 4, "extra layers of image crops (small objects)"),
@@ -172,7 +176,8 @@ class SegmentWithSam(foo.Operator):
         if mode == "automatic":
             amg = {name: params[name] for name in AMG_DEFAULTS if params.get(name) is not None}
             for name, value in AMG_DEFAULTS.items():
-                amg.setdefault(name, value)
+                if value is not None:
+                    amg.setdefault(name, value)
         model = params.get("model") or None
         view = ctx.target_view()
 

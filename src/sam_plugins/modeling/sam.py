@@ -37,6 +37,9 @@ class Sam(nn.Module):
         self.high_res_encoder = high_res_encoder
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        #: Automatic-mask-generator settings this model's checkpoint recommends (e.g. thresholds
+        #: matched to its IoU head); empty for the official models, whose defaults are the official ones.
+        self.generator_settings: dict[str, Any] = {}
 
     @property
     def device(self) -> torch.device:

@@ -6,6 +6,7 @@ import hashlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -14,6 +15,15 @@ from .configs import OFFICIAL_CONFIGS, SMALL_CONFIGS, SamConfig, build_sam
 
 # Prefixes that fine-tuning tools put in front of the official key names.
 _KNOWN_PREFIXES = ("module.", "sam.", "model.", "_orig_mod.")
+# The automatic-mask-generator settings a checkpoint may recommend (meta["generator_settings"]).
+GENERATOR_SETTING_NAMES = (
+    "points_per_side",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "stability_score_offset",
+    "box_nms_thresh",
+    "min_mask_region_area",
+)
 _REQUIRED_KEYS = (
     "image_encoder.patch_embed.proj.weight",
     "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
@@ -37,6 +47,14 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], SamConfi
     (what this package writes), `{"state_dict": ...}`, and keys prefixed with `sam.`/`module.`.
     Only tensors and plain containers are read (`weights_only=True`): no code is ever unpickled.
     """
+    state, config, _ = read_checkpoint_with_settings(path)
+    return state, config
+
+
+def read_checkpoint_with_settings(
+    path: str | Path,
+) -> tuple[dict[str, torch.Tensor], SamConfig | None, dict[str, Any]]:
+    """`read_checkpoint` plus the generator settings the checkpoint recommends (empty if none)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(
@@ -56,7 +74,33 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], SamConfi
             f"Cannot read {path} as a PyTorch checkpoint: the file is truncated or corrupt, or not a "
             f"checkpoint at all ({type(err).__name__}: {err}). Download it again and compare its sha256."
         ) from err
-    return _unwrap(obj, path)
+    settings = {}
+    if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping):
+        settings = check_generator_settings(obj["meta"].get("generator_settings") or {}, str(path))
+    state, config = _unwrap(obj, path)
+    return state, config, settings
+
+
+def check_generator_settings(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Validate recommended automatic-mask-generator settings: known names, numbers in range."""
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"{source}: generator_settings must be a mapping, not {type(settings).__name__}.")
+    unknown = sorted(set(settings) - set(GENERATOR_SETTING_NAMES))
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown generator settings {unknown}; allowed: {', '.join(GENERATOR_SETTING_NAMES)}."
+        )
+    checked: dict[str, Any] = {}
+    for name, value in settings.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{source}: generator setting {name} must be a number, got {value!r}.")
+        if name.endswith("_thresh") and not 0.0 <= value <= 1.0:
+            raise ValueError(f"{source}: generator setting {name} must lie in [0, 1], got {value}.")
+        if value < 0:
+            raise ValueError(f"{source}: generator setting {name} must not be negative, got {value}.")
+        is_count = name in ("points_per_side", "min_mask_region_area")
+        checked[name] = int(value) if is_count else float(value)
+    return checked
 
 
 def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], SamConfig | None]:
@@ -198,6 +242,25 @@ def load_state_dict_strict(model: Sam, state: Mapping[str, torch.Tensor], source
     return model
 
 
+def save_checkpoint(path: str | Path, model: Sam, meta: dict[str, Any]) -> Path:
+    """Write the format this package reads back: {"model": state_dict, "config": SamConfig dict,
+    "meta": plain data (may hold "generator_settings")}. Written to a temporary file first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"model": weights, "config": model.config.to_dict(), "meta": meta}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The "meta" entry of a checkpoint this package wrote (empty for other checkpoints)."""
+    obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=True)
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
 def load_checkpoint(
     path: str | Path, expected: SamConfig | None = None, expected_name: str | None = None
 ) -> Sam:
@@ -206,7 +269,7 @@ def load_checkpoint(
     If `expected` is given (e.g. `sam_model_registry["vit_b"]`), a checkpoint of another
     architecture is refused with an error naming both.
     """
-    state, stored = read_checkpoint(path)
+    state, stored, settings = read_checkpoint_with_settings(path)
     found = stored or infer_config(state)
     if expected is not None and found != expected:
         found_name = config_name(found)
@@ -217,5 +280,6 @@ def load_checkpoint(
             f"but {expected_name or 'another model'} was asked for. Use {hint}, "
             "or sam_plugins.load_model(path), which detects the architecture."
         )
-    model = build_sam(found)
-    return load_state_dict_strict(model, state, str(path))
+    model = load_state_dict_strict(build_sam(found), state, str(path))
+    model.generator_settings = settings
+    return model

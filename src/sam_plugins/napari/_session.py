@@ -206,7 +206,7 @@ class AnnotatorSession:
         from ..automatic import AmgCancelled, SamAutomaticMaskGenerator
         from ..embeddings import ImageEmbedding
 
-        generator = SamAutomaticMaskGenerator(self.model, points_per_side=params.points_per_side)
+        generator = SamAutomaticMaskGenerator.for_model(self.model, points_per_side=params.points_per_side)
         with self._lock:
             embedding = self._embeddings.get(plane)
         try:

@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     import napari
 
 CHECKPOINT_CHOICE = "checkpoint file…"
+# Automatic-segmentation thresholds for models whose checkpoint recommends none (official SAM).
+QUALITY_DEFAULT = 0.86
+STABILITY_DEFAULT = 0.9
 KEYS = {
     "c": "commit",
     "Shift-C": "clear",
@@ -156,16 +159,18 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
             min=0.0,
             max=1.0,
             step=0.02,
-            value=0.86,
-            tooltip="The model's own IoU estimate; lower keeps more objects",
+            value=QUALITY_DEFAULT,
+            tooltip="The model's own IoU estimate; lower keeps more objects. "
+            "Set to the model's recommendation when a model is loaded",
         )
         self.stability = FloatSpinBox(
             label="Min stability",
             min=0.0,
             max=1.0,
             step=0.02,
-            value=0.9,
-            tooltip="Drop masks whose outline depends on the threshold",
+            value=STABILITY_DEFAULT,
+            tooltip="Drop masks whose outline depends on the threshold. "
+            "Set to the model's recommendation when a model is loaded",
         )
         self.min_area = SpinBox(label="Min area (px)", min=0, max=1_000_000, value=20)
         self.auto_button = PushButton(text="Segment everything (Shift-E)")
@@ -290,7 +295,14 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
     def set_model(self, model: Any, name: str = "custom") -> None:
         """Use an already loaded SAM model (Python API and tests); embeddings are recomputed."""
         self._model, self._model_key = model, ("given", name, id(model))
+        self._apply_model_settings(model)
         self._new_session()
+
+    def _apply_model_settings(self, model: Any) -> None:
+        """Thresholds are model-specific: show the ones the new model's checkpoint recommends."""
+        settings = getattr(model, "generator_settings", {})
+        self.quality.value = settings.get("pred_iou_thresh", QUALITY_DEFAULT)
+        self.stability.value = settings.get("stability_score_thresh", STABILITY_DEFAULT)
 
     def _requested_model(self) -> tuple:
         name = self.model.value
@@ -464,6 +476,8 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
             return
         if session.source != source:
             return  # the user switched image meanwhile
+        if session.model is not self._model:
+            self._apply_model_settings(session.model)
         self._model, self._model_key = session.model, session.model_key
         self.session = session
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..models.checkpoints import save_checkpoint
 from ..models.configs import (
     OFFICIAL_CONFIGS,
     SMALL_CONFIGS,
@@ -455,16 +456,6 @@ def make_optimizer(
     return torch.optim.AdamW(param_groups, lr=config.lr, betas=(0.9, 0.999))
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict[str, Any]) -> Path:
-    """The deliverable format: {"model": state_dict, "config": SamConfig dict, "meta": plain data}."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"model": weights, "config": model.config.to_dict(), "meta": meta}, tmp)
-    tmp.replace(path)
-    return path
-
-
 def training_autocast(config: TrainConfig, device: torch.device | str) -> torch.autocast:
     """The context the forward pass and loss run in: bfloat16 autocast for precision "bf16"."""
     device_type = torch.device(device).type
@@ -511,6 +502,8 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
 
     def checkpoint(step: int, final: bool = False, val: dict | None = None) -> Path:
         meta = {"step": step, "train_config": config.to_dict(), "val": val or {}, "time": time.time()}
+        if model.generator_settings:  # from the starting checkpoint: a better start than SAM's
+            meta["generator_settings"] = model.generator_settings
         resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
         if aux_head is not None:
             resume_state["aux_head"] = aux_head.state_dict()
