@@ -9,6 +9,7 @@ import torch
 
 import sam_plugins
 from conftest import requires_embedded_model
+from sam_plugins.automatic.tuning import match_f1
 from sam_plugins.cli import main
 from sam_plugins.models.builtin import EMBEDDED_MODEL_FILE
 from sam_plugins.sample_data import cells_2d
@@ -55,6 +56,8 @@ def test_readme_command_segments_the_bundled_sample(tmp_path, capsys):
     assert "Found" in capsys.readouterr().out
     _, truth = cells_2d()
     assert found >= 0.7 * (len(np.unique(truth)) - 1)
+    # with the thresholds stored in the embedded model (the official ones keep no mask of it)
+    assert match_f1(labels, truth)["f1"] >= 0.55
 
 
 def test_segment_command_writes_labels_and_overlay(tmp_path, capsys):

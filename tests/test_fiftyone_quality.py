@@ -17,6 +17,7 @@ from fo_fixtures import (  # noqa: F401
 )
 
 URI = "@sam-plugins/sam/segment"
+TRUTH: dict[str, np.ndarray] = {}  # sample id -> instance label image of the generated nuclei
 
 
 pytestmark = requires_embedded_model
@@ -30,7 +31,7 @@ def dataset(fo_session, tmp_path_factory):  # noqa: F811
     assert main(["fiftyone", "install"]) == 0
     cells = make_cell_images(tmp_path_factory.mktemp("quality"), n=2, size=192, seed=3)
     ds = make_cells_dataset(fo_session, cells)
-    ds.info["labels"] = {s.id: lab for s, lab in zip(ds, cells.labels, strict=True)}
+    TRUTH.update({s.id: lab for s, lab in zip(ds, cells.labels, strict=True)})
     yield ds
     ds.delete()
 
@@ -39,7 +40,7 @@ def best_ious(dataset, field: str) -> list[float]:
     """For every ground-truth nucleus, the IoU of the best-matching predicted mask."""
     out = []
     for sample in dataset:
-        labels = dataset.info["labels"][sample.id]
+        labels = TRUTH[sample.id]
         preds = full_masks(sample[field].detections, labels.shape)
         for idx in np.unique(labels)[1:]:
             truth = labels == idx

@@ -370,7 +370,8 @@ def test_finetune_save_reload_round_trip(tmp_path: Path):
         _write_pair(images, labels, f"img{i}", *disk_scene(rng, 96))
     start = tmp_path / "start.pt"
     torch.manual_seed(0)
-    save_checkpoint(start, build_sam(TINY), {"note": "untrained"})
+    recommended = {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.85}
+    save_checkpoint(start, build_sam(TINY), {"note": "untrained", "generator_settings": recommended})
     out = tmp_path / "tuned.pt"
     code = main(["finetune", "--images", str(images), "--labels", str(labels), "--model", str(start),
                  "--out", str(out), "--steps", "3", "--work-dir", str(tmp_path / "runs"), "--no-progress",
@@ -387,6 +388,7 @@ def test_finetune_save_reload_round_trip(tmp_path: Path):
 
     loaded = load_model(out, device="cpu")
     assert loaded.config == SamConfig.from_dict(ckpt["config"])
+    assert loaded.generator_settings == recommended  # the starting model's thresholds are kept
 
 
 def test_learning_curve_rows_carry_their_own_validation(tmp_path):
