@@ -53,8 +53,9 @@ def centers(labels: np.ndarray, n: int) -> list[tuple[int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default=None,
-                        help="tiny (dry run), a model name or a checkpoint file (default: embedded)")
+    parser.add_argument(
+        "--model", default=None, help="tiny (dry run), a model name or a checkpoint file (default: embedded)"
+    )
     args = parser.parse_args()
     import napari
 

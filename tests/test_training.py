@@ -117,6 +117,7 @@ def test_sam_loss_can_also_train_the_other_outputs():
     assert both.best.tolist() == [1] and both.loss.item() > paper.loss.item()
     (grad,) = torch.autograd.grad(both.loss, logits)
     assert grad[0, 0].abs().sum() > 0 and grad[0, 2].abs().sum() > 0
+
     # the added term is half the mean mask loss of the two others (IoU head left out)
     def mask_loss(i: int) -> float:
         return sam_loss(logits[:, i : i + 1], iou_pred[:, :1], gt, iou_weight=0.0).loss.item()
@@ -242,8 +243,17 @@ def _point_training_losses(steps: int = 12, **config_changes) -> tuple[list[floa
     torch.manual_seed(0)
     rng = np.random.default_rng(5)
     scenes = [disk_scene(rng, 128) for _ in range(2)]
-    config = TrainConfig(model="tiny", images_per_step=2, objects_per_image=4, rounds=2, lr=2e-3,
-                         box_prob=0.0, mask_prompt_prob=0.0, no_point_round_prob=0.0, **config_changes)
+    config = TrainConfig(
+        model="tiny",
+        images_per_step=2,
+        objects_per_image=4,
+        rounds=2,
+        lr=2e-3,
+        box_prob=0.0,
+        mask_prompt_prob=0.0,
+        no_point_round_prob=0.0,
+        **config_changes,
+    )
     model = build_model(config)
     model.train()
     optimizer = make_optimizer(model, config)
@@ -273,9 +283,18 @@ def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path):
     torch.manual_seed(0)
     rng = np.random.default_rng(5)
     scenes = [disk_scene(rng, 128) for _ in range(2)]
-    config = TrainConfig(model="tiny", images_per_step=2, objects_per_image=4, rounds=2, lr=2e-3,
-                         box_prob=0.0, mask_prompt_prob=0.0, no_point_round_prob=0.0, aux_weight=0.5,
-                         precision="bf16")
+    config = TrainConfig(
+        model="tiny",
+        images_per_step=2,
+        objects_per_image=4,
+        rounds=2,
+        lr=2e-3,
+        box_prob=0.0,
+        mask_prompt_prob=0.0,
+        no_point_round_prob=0.0,
+        aux_weight=0.5,
+        precision="bf16",
+    )
     model = build_model(config)
     model.train()
     head = DenseAuxHead(model.config.prompt_embed_dim)
@@ -291,12 +310,22 @@ def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path):
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0]
-    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters()
-               if p.grad is not None)
+    assert all(
+        p.dtype == torch.float32 and p.grad.dtype == torch.float32
+        for p in model.parameters()
+        if p.grad is not None
+    )
 
-    run = TrainConfig.from_dict({**TrainConfig.from_file(CONFIGS / "train_tiny_test.toml").to_dict(),
-                                 "out_dir": str(tmp_path), "steps": 2, "epoch_steps": 2, "progress": False,
-                                 "precision": "bf16"})
+    run = TrainConfig.from_dict(
+        {
+            **TrainConfig.from_file(CONFIGS / "train_tiny_test.toml").to_dict(),
+            "out_dir": str(tmp_path),
+            "steps": 2,
+            "epoch_steps": 2,
+            "progress": False,
+            "precision": "bf16",
+        }
+    )
     state = torch.load(train(run, log=lambda s: None), map_location="cpu", weights_only=True)["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     with pytest.raises(ValueError, match="precision"):
@@ -338,8 +367,14 @@ def test_config_file_and_unknown_keys(tmp_path: Path):
 
 def test_train_resume_from_config(tmp_path: Path):
     config = TrainConfig.from_file(CONFIGS / "train_tiny_test.toml")
-    data = {**config.to_dict(), "out_dir": str(tmp_path), "steps": 4, "checkpoint_every": 2, "epoch_steps": 2,
-            "progress": False}
+    data = {
+        **config.to_dict(),
+        "out_dir": str(tmp_path),
+        "steps": 4,
+        "checkpoint_every": 2,
+        "epoch_steps": 2,
+        "progress": False,
+    }
     path = train(TrainConfig.from_dict(data), log=lambda s: None)
     assert path == tmp_path / config.name / "model.pt"
     records = [json.loads(line) for line in (path.parent / "log.jsonl").read_text().splitlines()]
@@ -373,9 +408,26 @@ def test_finetune_save_reload_round_trip(tmp_path: Path):
     recommended = {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.85}
     save_checkpoint(start, build_sam(TINY), {"note": "untrained", "generator_settings": recommended})
     out = tmp_path / "tuned.pt"
-    code = main(["finetune", "--images", str(images), "--labels", str(labels), "--model", str(start),
-                 "--out", str(out), "--steps", "3", "--work-dir", str(tmp_path / "runs"), "--no-progress",
-                 "--threads", "1"])
+    code = main(
+        [
+            "finetune",
+            "--images",
+            str(images),
+            "--labels",
+            str(labels),
+            "--model",
+            str(start),
+            "--out",
+            str(out),
+            "--steps",
+            "3",
+            "--work-dir",
+            str(tmp_path / "runs"),
+            "--no-progress",
+            "--threads",
+            "1",
+        ]
+    )
     assert code == 0 and out.exists()
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
     assert set(ckpt) == {"model", "config", "meta"}
@@ -399,8 +451,17 @@ def test_learning_curve_rows_carry_their_own_validation(tmp_path):
     log = tmp_path / "log.jsonl"
     records = []
     for step in range(10, 60, 10):
-        records.append({"step": step, "loss": 1.0 / step, "dice": 0.5, "focal": 0.1, "iou_first": 0.2,
-                        "iou_last": 0.3, "sec_per_step": 1.0})
+        records.append(
+            {
+                "step": step,
+                "loss": 1.0 / step,
+                "dice": 0.5,
+                "focal": 0.1,
+                "iou_first": 0.2,
+                "iou_last": 0.3,
+                "sec_per_step": 1.0,
+            }
+        )
         if step % 20 == 0:  # validation is logged right after its step
             records.append({"step": step, "val_point_miou": step / 100})
     log.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -433,9 +494,16 @@ def test_aux_loss_and_stem_train_and_reload(tmp_path: Path):
     torch.manual_seed(0)
     rng = np.random.default_rng(5)
     scenes = [disk_scene(rng, 128) for _ in range(2)]
-    config = TrainConfig(model="tiny", model_config={"patch_stem_channels": [8, 16, 32, 64]},
-                         images_per_step=2, objects_per_image=4, rounds=1, lr=2e-3, box_prob=1.0,
-                         aux_weight=1.0)
+    config = TrainConfig(
+        model="tiny",
+        model_config={"patch_stem_channels": [8, 16, 32, 64]},
+        images_per_step=2,
+        objects_per_image=4,
+        rounds=1,
+        lr=2e-3,
+        box_prob=1.0,
+        aux_weight=1.0,
+    )
     model = build_model(config)
     model.train()
     head = DenseAuxHead(model.config.prompt_embed_dim)
@@ -478,8 +546,15 @@ def test_training_device_choice(tmp_path: Path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_training_on_the_gpu_writes_a_cpu_loadable_checkpoint(tmp_path: Path):
     config = TrainConfig.from_file(CONFIGS / "train_tiny_test.toml")
-    data = {**config.to_dict(), "out_dir": str(tmp_path), "steps": 3, "epoch_steps": 3, "progress": False,
-            "device": "cuda", "aux_weight": 0.5}
+    data = {
+        **config.to_dict(),
+        "out_dir": str(tmp_path),
+        "steps": 3,
+        "epoch_steps": 3,
+        "progress": False,
+        "device": "cuda",
+        "aux_weight": 0.5,
+    }
     path = train(TrainConfig.from_dict(data), log=lambda s: None)
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     assert all(t.device.type == "cpu" for t in ckpt["model"].values())
@@ -489,8 +564,9 @@ def test_worker_processes_prepare_the_same_examples():
     """data_workers > 0 prefetches each step's examples in other processes: same data as in-process."""
     from sam_plugins.training.sources import make_sources, step_examples
 
-    config = TrainConfig.from_dict({**TrainConfig.from_file(CONFIGS / "train_tiny_test.toml").to_dict(),
-                                    "images_per_step": 2})
+    config = TrainConfig.from_dict(
+        {**TrainConfig.from_file(CONFIGS / "train_tiny_test.toml").to_dict(), "images_per_step": 2}
+    )
     source = make_sources(config)[0]
     here = list(step_examples(config, source, 256, 3, 6))
     with_workers = TrainConfig.from_dict({**config.to_dict(), "data_workers": 2})

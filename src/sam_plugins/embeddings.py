@@ -65,8 +65,9 @@ class ImageEmbedding:
         if self.features.ndim != 4 or self.features.shape[0] != 1:
             raise ValueError(f"features must have shape (1, C, h, w), got {tuple(self.features.shape)}.")
         if self.high_res is not None:
-            self.high_res = [f if isinstance(f, torch.Tensor) else torch.as_tensor(np.asarray(f))
-                             for f in self.high_res]
+            self.high_res = [
+                f if isinstance(f, torch.Tensor) else torch.as_tensor(np.asarray(f)) for f in self.high_res
+            ]
             if len(self.high_res) != 2 or any(f.ndim != 4 or f.shape[0] != 1 for f in self.high_res):
                 raise ValueError("high_res must be two feature maps of shape (1, C, h, w).")
 

@@ -24,10 +24,24 @@ DELEGATE_THRESHOLD = 25
 AMG_FORM: tuple[tuple[str, type, Any, float | None, float | None, str], ...] = (
     ("points_per_side", int, 32, 1, 256, "grid points per image side"),
     ("points_per_batch", int, 64, 1, 4096, "points decoded together (memory vs. speed)"),
-    ("pred_iou_thresh", float, None, 0.0, 1.0, "minimum predicted IoU; empty: the model's own "
-     "recommendation (the official default 0.88 for official SAM)"),
-    ("stability_score_thresh", float, None, 0.0, 1.0, "minimum stability score; empty: the model's "
-     "own recommendation (the official default 0.95 for official SAM)"),
+    (
+        "pred_iou_thresh",
+        float,
+        None,
+        0.0,
+        1.0,
+        "minimum predicted IoU; empty: the model's own "
+        "recommendation (the official default 0.88 for official SAM)",
+    ),
+    (
+        "stability_score_thresh",
+        float,
+        None,
+        0.0,
+        1.0,
+        "minimum stability score; empty: the model's "
+        "own recommendation (the official default 0.95 for official SAM)",
+    ),
     ("stability_score_offset", float, 1.0, 0.0, None, "logit offset for the stability score"),
     ("box_nms_thresh", float, 0.7, 0.0, 1.0, "box IoU above which duplicates are removed"),
     ("crop_n_layers", int, 0, 0, 4, "extra layers of image crops (small objects)"),

@@ -351,11 +351,13 @@ def fast_transformer(
         # every block's image tokens but the last (returned) are temporaries
         temporary = i < len(transformer.layers) - 1
         if shared:
-            keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, cached_q=side.i2t_q,
-                                         temporary=temporary, trace=trace)
+            keys = image_to_token_update(
+                i2t, block.norm4, keys, tq, queries, cached_q=side.i2t_q, temporary=temporary, trace=trace
+            )
         else:
-            keys = image_to_token_update(i2t, block.norm4, keys, tq, queries, kp=kp, temporary=temporary,
-                                         in_place=i > 0, trace=trace)
+            keys = image_to_token_update(
+                i2t, block.norm4, keys, tq, queries, kp=kp, temporary=temporary, in_place=i > 0, trace=trace
+            )
 
     if keys.shape[0] != queries.shape[0]:  # depth 0: the image side was never made prompt-specific
         keys = keys.expand(queries.shape[0], -1, -1)

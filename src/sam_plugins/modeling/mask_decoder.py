@@ -82,12 +82,19 @@ class MaskDecoder(nn.Module):
         mask_slice = slice(1, None) if multimask_output else slice(0, 1)
         if self.uses_fast_path():  # upscale only the masks that are returned
             masks, iou_pred = self.predict_masks(
-                image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, mask_slice,
+                image_embeddings,
+                image_pe,
+                sparse_prompt_embeddings,
+                dense_prompt_embeddings,
+                mask_slice,
                 high_res_features=high_res_features,
             )
             return masks, iou_pred[:, mask_slice]
         masks, iou_pred = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
             high_res_features=high_res_features,
         )
         return masks[:, mask_slice], iou_pred[:, mask_slice]
@@ -124,7 +131,11 @@ class MaskDecoder(nn.Module):
             part = slice(start, start + chunk)
             part_dense = dense if dense.shape[0] == 1 else dense[part]
             m, i = self._masks_and_ious(
-                image_embeddings, image_pe, sparse_prompt_embeddings[part], part_dense, mask_slice,
+                image_embeddings,
+                image_pe,
+                sparse_prompt_embeddings[part],
+                part_dense,
+                mask_slice,
                 high_res_features,
             )
             masks.append(m)
@@ -159,7 +170,11 @@ class MaskDecoder(nn.Module):
             image_embeddings, image_pe, sparse_prompt_embeddings, dense, mask_slice, with_conv1=True
         )
         masks = self.masks_from_tokens(
-            hs[:, 1:], src, hw, mask_slice=mask_slice, conv1_out=conv1_out,
+            hs[:, 1:],
+            src,
+            hw,
+            mask_slice=mask_slice,
+            conv1_out=conv1_out,
             high_res_features=high_res_features,
         )
         return masks, self.iou_prediction_head(hs[:, 0, :])
@@ -324,8 +339,10 @@ class MaskDecoder(nn.Module):
         if None in key[1]:
             return high_res_token_layout(high_res_features, hw)
         cache = self._high_res_cache
-        if cache is not None and cache[0] == key and all(
-            a is b for a, b in zip(cache[1], high_res_features, strict=True)
+        if (
+            cache is not None
+            and cache[0] == key
+            and all(a is b for a, b in zip(cache[1], high_res_features, strict=True))
         ):
             return cache[2]
         rows = high_res_token_layout(high_res_features, hw)
@@ -357,8 +374,9 @@ class MaskDecoder(nn.Module):
             [self.output_hypernetworks_mlps[i](mask_tokens_out[:, j, :]) for j, i in enumerate(chosen)], dim=1
         )
         if self.uses_fast_path(exact) and len(self.output_upscaling) == 5:
-            high_res = None if high_res_features is None else self._high_res_rows(high_res_features,
-                                                                                  embedding_hw)
+            high_res = (
+                None if high_res_features is None else self._high_res_rows(high_res_features, embedding_hw)
+            )
             return upscale_masks(
                 self.output_upscaling, hyper_in, src.contiguous(), embedding_hw, conv1_out, high_res
             )

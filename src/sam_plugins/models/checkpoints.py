@@ -158,9 +158,15 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
     try:
         embed_dim, _, patch, _ = state["image_encoder.patch_embed.proj.weight"].shape
         stem = tuple(  # convolutional patch stem (not in official models): its conv weights
-            int(v.shape[0]) for k, v in sorted(
-                ((k, v) for k, v in state.items() if k.startswith("image_encoder.patch_embed.stem.")
-                 and k.endswith(".weight") and v.ndim == 4),
+            int(v.shape[0])
+            for k, v in sorted(
+                (
+                    (k, v)
+                    for k, v in state.items()
+                    if k.startswith("image_encoder.patch_embed.stem.")
+                    and k.endswith(".weight")
+                    and v.ndim == 4
+                ),
                 key=lambda kv: int(kv[0].split(".")[3]),
             )
         )
@@ -178,8 +184,10 @@ def infer_config(state: Mapping[str, torch.Tensor]) -> SamConfig:
             int(k.split(".")[3]) for k in state if k.startswith("mask_decoder.transformer.layers.")
         )
         high_res = (  # high-res feature path (not in official models): widths of its three levels
-            tuple(int(state[f"high_res_encoder.{level}.0.weight"].shape[0])
-                  for level in ("stride2", "stride4", "stride8"))
+            tuple(
+                int(state[f"high_res_encoder.{level}.0.weight"].shape[0])
+                for level in ("stride2", "stride4", "stride8")
+            )
             if "high_res_encoder.stride2.0.weight" in state
             else ()
         )

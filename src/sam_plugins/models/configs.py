@@ -59,8 +59,13 @@ class SamConfig:
     @classmethod
     def from_dict(cls, d: dict) -> SamConfig:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__ and k != "extra"}
-        tuples = ("encoder_global_attn_indexes", "pixel_mean", "pixel_std", "patch_stem_channels",
-                  "high_res_channels")
+        tuples = (
+            "encoder_global_attn_indexes",
+            "pixel_mean",
+            "pixel_std",
+            "patch_stem_channels",
+            "high_res_channels",
+        )
         for key in tuples:
             if key in known:
                 known[key] = tuple(known[key])
@@ -173,8 +178,11 @@ def resize_input(model: Sam, image_size: int, window_size: int | None = None) ->
             block = int(key.split(".")[2])
             extent = grid if block in config.encoder_global_attn_indexes else window_size
             if table.shape[0] != 2 * extent - 1:
-                state[key] = F.interpolate(table.t()[None], size=2 * extent - 1, mode="linear",
-                                           align_corners=False)[0].t().contiguous()
+                state[key] = (
+                    F.interpolate(table.t()[None], size=2 * extent - 1, mode="linear", align_corners=False)[0]
+                    .t()
+                    .contiguous()
+                )
     resized = build_sam(new)
     resized.load_state_dict(state)
     resized.train(model.training)

@@ -9,8 +9,11 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` and `finetune` commands."""
-    p = subparsers.add_parser("train", help="train a SAM model from a TOML/JSON config (see configs/)",
-                              description="Train a SAM model with simulated interactive prompts.")
+    p = subparsers.add_parser(
+        "train",
+        help="train a SAM model from a TOML/JSON config (see configs/)",
+        description="Train a SAM model with simulated interactive prompts.",
+    )
     p.add_argument("--config", required=True, help="training config file (.toml or .json)")
     p.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     p.add_argument("--out", help="parent folder of the run (overrides out_dir)")
@@ -20,16 +23,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
 
-    c = subparsers.add_parser("train-curve", help="print the learning curve of a training run",
-                              description="Table of a run's log.jsonl: training losses averaged per "
-                              "window, and the validation mIoUs.")
+    c = subparsers.add_parser(
+        "train-curve",
+        help="print the learning curve of a training run",
+        description="Table of a run's log.jsonl: training losses averaged per "
+        "window, and the validation mIoUs.",
+    )
     c.add_argument("run_dir", help="the run folder (holds log.jsonl)")
     c.add_argument("--every", type=int, default=100, help="steps per row (default 100)")
     c.set_defaults(func=_run_curve)
 
-    f = subparsers.add_parser("finetune", help="fine-tune a model on a folder of images and instance labels",
-                              description="Fine-tune SAM on your images and instance label images "
-                              "(tif/png; 2-D, or 3-D stacks used slice by slice).")
+    f = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model on a folder of images and instance labels",
+        description="Fine-tune SAM on your images and instance label images "
+        "(tif/png; 2-D, or 3-D stacks used slice by slice).",
+    )
     f.add_argument("--images", required=True, help="folder of images")
     f.add_argument("--labels", required=True, help="folder of instance label images (same file names)")
     f.add_argument("--model", default="default", help="model name or checkpoint to start from")
@@ -126,8 +135,17 @@ def _run_curve(args: argparse.Namespace) -> int:
     if not path.exists():
         raise FileNotFoundError(f"no log.jsonl in {args.run_dir}")
     rows = learning_curve(path, args.every)
-    cols = ["step", "loss", "dice", "iou_first", "iou_last", "sec_per_step",
-            "val_point_miou", "val_box_miou", "val_click3_miou"]
+    cols = [
+        "step",
+        "loss",
+        "dice",
+        "iou_first",
+        "iou_last",
+        "sec_per_step",
+        "val_point_miou",
+        "val_box_miou",
+        "val_click3_miou",
+    ]
     print(" ".join(f"{c:>14}" for c in cols))
     for row in rows:
         print(" ".join(f"{row[c]:>14.4g}" if c in row else f"{'-':>14}" for c in cols))

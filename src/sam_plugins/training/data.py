@@ -69,8 +69,10 @@ def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
         raise ValueError(f"{name}: labels are boolean (a semantic mask); instance ids are needed")
     if np.issubdtype(labels.dtype, np.floating):
         if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise ValueError(f"{name}: labels have dtype {labels.dtype} with fractional values; "
-                             "instance labels must be integers (0 = background)")
+            raise ValueError(
+                f"{name}: labels have dtype {labels.dtype} with fractional values; "
+                "instance labels must be integers (0 = background)"
+            )
     elif not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"{name}: labels must have an integer dtype, got {labels.dtype}")
     if labels.min() < 0:
@@ -116,8 +118,10 @@ def _load_image_file(path: Path) -> np.ndarray:
 def _split_slices(image: np.ndarray, labels: np.ndarray, name: str) -> list[tuple[np.ndarray, np.ndarray]]:
     """Turn one file pair into 2-D (image, labels) pairs: 3-D stacks become slices."""
     if labels.ndim == 3 and labels.shape[-1] in (3, 4) and image.shape[:2] == labels.shape[:2]:
-        raise ValueError(f"{name}: label image is RGB(A), shape {labels.shape}; instance labels must be "
-                         "single-channel integer ids")
+        raise ValueError(
+            f"{name}: label image is RGB(A), shape {labels.shape}; instance labels must be "
+            "single-channel integer ids"
+        )
     if labels.ndim == 2:
         if image.shape == labels.shape:
             return [(image, labels)]
@@ -125,7 +129,7 @@ def _split_slices(image: np.ndarray, labels: np.ndarray, name: str) -> list[tupl
             return [(image, labels)]
         if image.ndim == 3 and image.shape[1:] == labels.shape and image.shape[0] <= 4:
             return [(np.moveaxis(image, 0, -1), labels)]
-    elif labels.ndim == 3 and image.shape[: 3] == labels.shape:
+    elif labels.ndim == 3 and image.shape[:3] == labels.shape:
         return [(image[z], labels[z]) for z in range(labels.shape[0])]
     raise ValueError(f"{name}: image shape {image.shape} does not match label shape {labels.shape}")
 
@@ -147,9 +151,11 @@ def _match_labels(images_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]
             pairs.append((img, match))
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ValueError(f"no label image in {labels_dir} for {len(missing)} image(s): {shown} "
-                         "(expected the same name, optionally with "
-                         f"one of the suffixes {', '.join(s for s in LABEL_NAME_SUFFIXES if s)})")
+        raise ValueError(
+            f"no label image in {labels_dir} for {len(missing)} image(s): {shown} "
+            "(expected the same name, optionally with "
+            f"one of the suffixes {', '.join(s for s in LABEL_NAME_SUFFIXES if s)})"
+        )
     return pairs
 
 

@@ -89,9 +89,17 @@ def draw_examples(
             break
         index = int(rng.integers(len(source))) if augment else attempt % len(source)
         image, labels = as_pair(source[index])
-        ex = make_example(image, labels, rng, image_size=image_size, crop_size=config.crop_size,
-                          max_objects=config.objects_per_image, min_area=config.min_area, augment=aug,
-                          channel=config.channel)
+        ex = make_example(
+            image,
+            labels,
+            rng,
+            image_size=image_size,
+            crop_size=config.crop_size,
+            max_objects=config.objects_per_image,
+            min_area=config.min_area,
+            augment=aug,
+            channel=config.channel,
+        )
         if ex is not None:
             out.append(ex)
     if len(out) < n:
@@ -121,8 +129,14 @@ class _StepExamples(torch.utils.data.Dataset):
         if self._source is None:
             self._source = make_sources(self.config)[0]
         step = self.start + i
-        return draw_examples(self._source, step_rng(self.config, step), self.config.images_per_step,
-                             self.config, self.image_size, augment=True)
+        return draw_examples(
+            self._source,
+            step_rng(self.config, step),
+            self.config.images_per_step,
+            self.config,
+            self.image_size,
+            augment=True,
+        )
 
 
 def _as_is(item: list[TrainExample]) -> list[TrainExample]:
@@ -139,7 +153,11 @@ def step_examples(
         yield from (here[i] for i in range(len(here)))
         return
     loader = torch.utils.data.DataLoader(
-        _StepExamples(config, image_size, start, stop), batch_size=None, shuffle=False,
-        num_workers=config.data_workers, collate_fn=_as_is, prefetch_factor=4,
+        _StepExamples(config, image_size, start, stop),
+        batch_size=None,
+        shuffle=False,
+        num_workers=config.data_workers,
+        collate_fn=_as_is,
+        prefetch_factor=4,
     )
     yield from loader

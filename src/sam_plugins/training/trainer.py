@@ -36,8 +36,17 @@ from .prompts import jitter_boxes, mask_prompt_from_gt, sample_correction_points
 from .sources import draw_examples, make_sources, split_dataset, step_examples
 
 __all__ = [  # the data-source helpers live in sources.py; importable from here as before
-    "TrainConfig", "build_model", "draw_examples", "evaluate", "interactive_loss", "lr_factor",
-    "make_optimizer", "make_sources", "save_checkpoint", "split_dataset", "train",
+    "TrainConfig",
+    "build_model",
+    "draw_examples",
+    "evaluate",
+    "interactive_loss",
+    "lr_factor",
+    "make_optimizer",
+    "make_sources",
+    "save_checkpoint",
+    "split_dataset",
+    "train",
 ]
 
 
@@ -170,15 +179,17 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
             )
         resize = {k: v for k, v in config.model_config.items() if k != "high_res_channels"}
         if resize:
-            model = resize_input(model, resize.get("image_size", model.config.image_size),
-                                 resize.get("window_size"))
+            model = resize_input(
+                model, resize.get("image_size", model.config.image_size), resize.get("window_size")
+            )
         channels = tuple(config.model_config.get("high_res_channels", ()))
         if channels and tuple(model.config.high_res_channels) != channels:
             model = add_high_res(model, channels)
     else:
         model = build_sam(config.sam_config())
-        init_weights(model, torch.Generator().manual_seed(config.seed), scheme=config.init,
-                     qk_gain=config.init_qk_gain)
+        init_weights(
+            model, torch.Generator().manual_seed(config.seed), scheme=config.init, qk_gain=config.init_qk_gain
+        )
     return model
 
 
@@ -186,7 +197,10 @@ def build_model(config: TrainConfig) -> torch.nn.Module:
 
 
 def _stack_points(
-    coords: torch.Tensor | None, labels: torch.Tensor | None, new_c: np.ndarray, new_l: np.ndarray,
+    coords: torch.Tensor | None,
+    labels: torch.Tensor | None,
+    new_c: np.ndarray,
+    new_l: np.ndarray,
     device: torch.device | str = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     c = torch.from_numpy(new_c)[:, None].to(device)
@@ -255,10 +269,17 @@ def interactive_loss(
         loss_logits = logits[:, sel]
         if up > 1:
             loss_logits = F.interpolate(loss_logits, scale_factor=up, mode="bilinear", align_corners=False)
-        out = sam_loss(loss_logits, iou_pred[:, sel], gt_loss, focal_weight=config.focal_weight,
-                       dice_weight=config.dice_weight, iou_weight=config.iou_weight,
-                       focal_alpha=config.focal_alpha, focal_gamma=config.focal_gamma,
-                       other_outputs_weight=config.multimask_other_weight)
+        out = sam_loss(
+            loss_logits,
+            iou_pred[:, sel],
+            gt_loss,
+            focal_weight=config.focal_weight,
+            dice_weight=config.dice_weight,
+            iou_weight=config.iou_weight,
+            focal_alpha=config.focal_alpha,
+            focal_gamma=config.focal_gamma,
+            other_outputs_weight=config.multimask_other_weight,
+        )
         total = total + out.loss
         stats["focal"] += float(out.focal) / config.rounds
         stats["dice"] += float(out.dice) / config.rounds
@@ -365,8 +386,14 @@ def _decode(
     """Low-res logits of the mask with the highest predicted IoU, and the full-size binary mask.
     ``emb``: the image embedding and high-res features of one image (``Sam.encode``)."""
     sparse, dense = model.prompt_encoder(points, boxes, masks)
-    low, iou = model.mask_decoder(emb[0], model.prompt_encoder.get_dense_pe(), sparse, dense,
-                                  multimask_output=multimask, high_res_features=emb[1])
+    low, iou = model.mask_decoder(
+        emb[0],
+        model.prompt_encoder.get_dense_pe(),
+        sparse,
+        dense,
+        multimask_output=multimask,
+        high_res_features=emb[1],
+    )
     low = low[torch.arange(len(low)), iou.argmax(1)][:, None]
     size = model.image_encoder.img_size
     full = F.interpolate(low, (size, size), mode="bilinear", align_corners=False)[:, 0]
@@ -497,8 +524,14 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     (run_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     train_src, val_src = make_sources(config)
     val_config = replace(config, objects_per_image=config.val_objects)
-    val_examples = draw_examples(val_src, np.random.default_rng([config.seed, 3]), len(val_src) or 1,
-                                 val_config, image_size, augment=False)
+    val_examples = draw_examples(
+        val_src,
+        np.random.default_rng([config.seed, 3]),
+        len(val_src) or 1,
+        val_config,
+        image_size,
+        augment=False,
+    )
 
     def checkpoint(step: int, final: bool = False, val: dict | None = None) -> Path:
         meta = {"step": step, "train_config": config.to_dict(), "val": val or {}, "time": time.time()}
