@@ -24,6 +24,7 @@ _LAZY = {
     "Sam": "sam_plugins.modeling",
     "SamPredictor": "sam_plugins.predictor",
     "SamAutomaticMaskGenerator": "sam_plugins.automatic",
+    "SeededMaskGenerator": "sam_plugins.automatic",
     "masks_to_label_image": "sam_plugins.automatic",
     "prepare_image": "sam_plugins.images",
 }
@@ -34,6 +35,7 @@ __all__ = [
     "SamAutomaticMaskGenerator",
     "SamConfig",
     "SamPredictor",
+    "SeededMaskGenerator",
     "build_sam",
     "list_models",
     "load_model",
@@ -43,7 +45,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .automatic import SamAutomaticMaskGenerator, masks_to_label_image
+    from .automatic import SamAutomaticMaskGenerator, SeededMaskGenerator, masks_to_label_image
     from .images import prepare_image
     from .modeling import Sam
     from .models.configs import SamConfig, build_sam

@@ -10,6 +10,7 @@ from .rle import (
     masks_to_rle_counts,
     rle_to_mask,
 )
+from .seeds import SeededMaskGenerator, find_seeds, generator_for_model
 from .utils import MaskData, batched_nms, nms, remove_small_regions
 
 __all__ = [
@@ -17,10 +18,13 @@ __all__ = [
     "AmgState",
     "MaskData",
     "SamAutomaticMaskGenerator",
+    "SeededMaskGenerator",
     "area_from_rle",
     "batched_nms",
     "coco_decode_rle",
     "coco_encode_rle",
+    "find_seeds",
+    "generator_for_model",
     "mask_to_rle_pytorch",
     "masks_to_label_image",
     "masks_to_rle_counts",

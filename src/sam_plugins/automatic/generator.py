@@ -152,6 +152,9 @@ class SamAutomaticMaskGenerator:
         #: Prompts whose fast-path IoUs all lie below pred_iou_thresh by more than this are dropped
         #: without the exact decoder (fast vs exact IoU differ by ~1e-6; see ``fast_decoder``).
         self.iou_screen_margin = 1e-4
+        #: Keep only each prompt's highest-scored mask instead of all three (not official; used by
+        #: :class:`~sam_plugins.automatic.seeds.SeededMaskGenerator`, one prompt per object).
+        self.best_mask_only = False
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, **kwargs: Any) -> SamAutomaticMaskGenerator:
@@ -161,7 +164,8 @@ class SamAutomaticMaskGenerator:
         such as the embedded one predicts lower IoUs and needs lower thresholds; its checkpoint says
         which. Keyword arguments (any constructor argument) override the recommendation.
         """
-        return cls(model, **{**getattr(model, "generator_settings", {}), **kwargs})
+        settings = {k: v for k, v in getattr(model, "generator_settings", {}).items() if k != "prompts"}
+        return cls(model, **{**settings, **kwargs})
 
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
@@ -314,8 +318,13 @@ class SamAutomaticMaskGenerator:
             low = decoder.masks_from_tokens(
                 tokens, src, features.shape[-2:], exact=True, high_res_features=predictor.high_res_features
             )[:, 1:]
+            iou = iou[need]
+            if self.best_mask_only:
+                best = iou.argmax(dim=1, keepdim=True)
+                low = low[torch.arange(len(best)), best[:, 0]][:, None]
+                iou = iou.gather(1, best)
             lows.append(low.flatten(0, 1))
-            ious.append(iou[need].flatten(0, 1))
+            ious.append(iou.flatten(0, 1))
             pts.append(np.repeat(points[idx[:n_real][need].numpy()], low.shape[1], axis=0))
         empty = MaskData(
             iou_preds=torch.zeros(0),

@@ -16,7 +16,10 @@ from .configs import OFFICIAL_CONFIGS, SMALL_CONFIGS, SamConfig, build_sam
 # Prefixes that fine-tuning tools put in front of the official key names.
 _KNOWN_PREFIXES = ("module.", "sam.", "model.", "_orig_mod.")
 # The automatic-mask-generator settings a checkpoint may recommend (meta["generator_settings"]).
+#: How automatic segmentation places its prompts: SAM's regular point grid, or one point per bright blob.
+PROMPT_MODES = ("grid", "seeds")
 GENERATOR_SETTING_NAMES = (
+    "prompts",
     "points_per_side",
     "pred_iou_thresh",
     "stability_score_thresh",
@@ -92,6 +95,13 @@ def check_generator_settings(settings: Mapping[str, Any], source: str) -> dict[s
         )
     checked: dict[str, Any] = {}
     for name, value in settings.items():
+        if name == "prompts":
+            if value not in PROMPT_MODES:
+                raise ValueError(
+                    f"{source}: generator setting prompts must be one of {PROMPT_MODES}, got {value!r}."
+                )
+            checked[name] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{source}: generator setting {name} must be a number, got {value!r}.")
         if name.endswith("_thresh") and not 0.0 <= value <= 1.0:

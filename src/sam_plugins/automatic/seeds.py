@@ -1,0 +1,171 @@
+"""Automatic segmentation of bright objects (nuclei, cells) from one point prompt per object.
+
+SAM's "segment everything" prompts a regular grid of points and keeps up to three masks per point
+(sub-part, part, whole). On fluorescence images that wastes most prompts on background, misses
+objects smaller than the grid spacing and keeps fragments next to the whole objects. Here the
+prompts are where a biologist would click: one positive point at each bright blob (a local maximum
+of the Gaussian-smoothed image), and each point keeps only its best mask (highest predicted IoU).
+Duplicates (two seeds in one nucleus) are removed by the same non-maximum suppression as SAM's.
+Everything else (records, re-thresholding without the model, label images) is the automatic mask
+generator's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.feature import peak_local_max
+
+from ..images import prepare_image
+from .generator import AmgState, Cancel, ProgressCallback, SamAutomaticMaskGenerator
+
+
+def find_seeds(
+    image: np.ndarray,
+    sigma: float = 2.0,
+    min_distance: int = 3,
+    threshold: float = 0.1,
+    **prepare_kwargs: Any,
+) -> np.ndarray:
+    """Centres of bright blobs as (N, 2) float (x, y) pixel coordinates, brightest first.
+
+    The image is converted as for the model (:func:`~sam_plugins.prepare_image`; ``prepare_kwargs``
+    such as ``channel`` pass through), averaged over colour, smoothed with a Gaussian of ``sigma``
+    pixels, and its local maxima at least ``min_distance`` pixels apart are kept when they rise above
+    the background (5th percentile) by ``threshold`` of the image's range (5th to 99.5th percentile).
+    ``sigma`` about a third of the smallest object radius finds touching objects separately.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be positive, got {sigma}.")
+    if min_distance < 1:
+        raise ValueError(f"min_distance must be >= 1, got {min_distance}.")
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"threshold must lie in [0, 1), got {threshold}.")
+    gray = prepare_image(image, **prepare_kwargs).astype(np.float32).mean(axis=-1)
+    smooth = ndimage.gaussian_filter(gray, sigma)
+    low, high = np.percentile(smooth, [5.0, 99.5])
+    if high <= low:  # a flat image has no blobs
+        return np.zeros((0, 2), dtype=np.float64)
+    floor = low + threshold * (high - low)
+    peaks = peak_local_max(smooth, min_distance=int(min_distance), threshold_abs=floor, exclude_border=False)
+    order = np.argsort(-smooth[peaks[:, 0], peaks[:, 1]], kind="stable")
+    return peaks[order, ::-1].astype(np.float64)
+
+
+class SeededMaskGenerator(SamAutomaticMaskGenerator):
+    """Segment every bright object (nuclei, cells) with one point prompt at each blob centre.
+
+    Same records, ``initialize``/``generate_from_state`` split, progress and cancel as
+    :class:`SamAutomaticMaskGenerator`; the prompts come from :func:`find_seeds` on each image and
+    every prompt keeps only its highest-scored mask. Defaults were chosen on held-out generated
+    nuclei images (see docs/models.md).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        seed_sigma: float = 2.0,
+        seed_min_distance: int = 3,
+        seed_threshold: float = 0.1,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.5,
+        stability_score_thresh: float = 0.0,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.5,
+        min_mask_region_area: int = 10,
+        output_mode: str = "binary_mask",
+        progress_callback: ProgressCallback | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            points_per_side=None,
+            point_grids=[np.zeros((0, 2))],
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh,
+            crop_n_layers=0,
+            min_mask_region_area=min_mask_region_area,
+            output_mode=output_mode,
+            progress_callback=progress_callback,
+        )
+        find_seeds(np.zeros((2, 2), np.uint8), seed_sigma, seed_min_distance, seed_threshold)  # validate
+        self.seed_sigma = seed_sigma
+        self.seed_min_distance = seed_min_distance
+        self.seed_threshold = seed_threshold
+        self.best_mask_only = True
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, **kwargs: Any) -> SeededMaskGenerator:
+        """Like the grid generator's; a checkpoint's recommended grid thresholds do not apply here."""
+        return cls(model, **kwargs)
+
+    def seeds(self, image: np.ndarray, **prepare_kwargs: Any) -> np.ndarray:
+        """The (N, 2) (x, y) point prompts this generator uses on ``image``."""
+        return find_seeds(
+            image, self.seed_sigma, self.seed_min_distance, self.seed_threshold, **prepare_kwargs
+        )
+
+    @torch.no_grad()
+    def initialize(
+        self,
+        image: np.ndarray,
+        *,
+        pred_iou_floor: float = 0.0,
+        stability_floor: float = 0.0,
+        embedding: Any = None,
+        progress_callback: ProgressCallback | None = None,
+        cancel: Cancel = None,
+        **prepare_kwargs: Any,
+    ) -> AmgState:
+        """Find the seeds of ``image``, then run the model on them (see the grid generator's)."""
+        prepared = prepare_image(image, **prepare_kwargs)
+        h, w = prepared.shape[:2]
+        # the generator scales its grids by the image size; a pixel's centre is at +0.5
+        self.point_grids = [(self.seeds(prepared) + 0.5) / np.array([w, h], dtype=np.float64)]
+        return super().initialize(
+            prepared,
+            pred_iou_floor=pred_iou_floor,
+            stability_floor=stability_floor,
+            embedding=embedding,
+            progress_callback=progress_callback,
+            cancel=cancel,
+        )
+
+
+#: Constructor arguments that only the grid generator has.
+GRID_ONLY = (
+    "points_per_side",
+    "point_grids",
+    "crop_n_layers",
+    "crop_nms_thresh",
+    "crop_overlap_ratio",
+    "crop_n_points_downscale_factor",
+)
+#: Constructor arguments that only the seeded generator has.
+SEEDS_ONLY = ("seed_sigma", "seed_min_distance", "seed_threshold")
+
+
+def generator_for_model(
+    model: torch.nn.Module, prompts: str | None = None, **kwargs: Any
+) -> SamAutomaticMaskGenerator:
+    """The automatic segmentation a front end runs: ``prompts`` "grid" (SAM's point grid, all of
+    SAM's arguments) or "seeds" (:class:`SeededMaskGenerator`); None = what the model's checkpoint
+    recommends (``generator_settings["prompts"]``), else "grid". Arguments of None are left out, and
+    arguments that only the other kind has are ignored, so one form can drive both.
+    """
+    from ..models.checkpoints import PROMPT_MODES
+
+    if prompts is None:
+        prompts = getattr(model, "generator_settings", {}).get("prompts", "grid")
+    if prompts not in PROMPT_MODES:
+        raise ValueError(f"prompts must be one of {PROMPT_MODES}, got {prompts!r}.")
+    ignored = SEEDS_ONLY if prompts == "grid" else GRID_ONLY
+    given = {k: v for k, v in kwargs.items() if v is not None and k not in ignored}
+    if prompts == "grid":
+        return SamAutomaticMaskGenerator.for_model(model, **given)
+    return SeededMaskGenerator.for_model(model, **given)

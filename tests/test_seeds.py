@@ -1,0 +1,108 @@
+"""Automatic segmentation from one point per bright object (`SeededMaskGenerator`, `find_seeds`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import sam_plugins
+from sam_plugins.automatic import (
+    SamAutomaticMaskGenerator,
+    SeededMaskGenerator,
+    find_seeds,
+    generator_for_model,
+)
+from sam_plugins.models.checkpoints import save_checkpoint
+from sam_plugins.models.configs import TINY, build_sam
+
+CENTRES = [(20, 30), (70, 25), (45, 80)]  # (x, y)
+
+
+def blobs_image(shape=(100, 96), sigma=4.0, brightness=(200, 120, 60)) -> np.ndarray:
+    """Three Gaussian spots of different brightness on a dark, slightly noisy background (uint16)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    image = np.zeros(shape)
+    for (x, y), b in zip(CENTRES, brightness, strict=True):
+        image += b * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    noise = np.random.default_rng(0).normal(0, 1.0, shape)
+    return (100 + 10 * (image + noise)).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return build_sam(TINY).eval()
+
+
+def test_seeds_sit_on_the_bright_spots_brightest_first():
+    seeds = find_seeds(blobs_image())
+    assert seeds.shape == (3, 2)
+    np.testing.assert_allclose(seeds, np.array(CENTRES, dtype=float), atol=1.0)
+    # a dim spot drops out when the threshold rises above it
+    assert len(find_seeds(blobs_image(), threshold=0.5)) == 2
+
+
+def test_no_seeds_on_a_flat_image_and_clear_errors_for_bad_settings():
+    assert find_seeds(np.full((40, 40), 7, np.uint8)).shape == (0, 2)
+    with pytest.raises(ValueError, match="sigma"):
+        find_seeds(blobs_image(), sigma=0)
+    with pytest.raises(ValueError, match="threshold"):
+        find_seeds(blobs_image(), threshold=1.5)
+    with pytest.raises(ValueError, match="min_distance"):
+        SeededMaskGenerator(build_sam(TINY), seed_min_distance=0)
+
+
+def test_each_seed_keeps_only_its_best_mask(tiny_model):
+    image = blobs_image()
+    seeded = SeededMaskGenerator(tiny_model, pred_iou_thresh=0.0, box_nms_thresh=1.0, min_mask_region_area=0)
+    seeds = seeded.seeds(image)
+    records = seeded.generate(image)
+    # the same points through SAM's generator keep all three masks of each point
+    h, w = image.shape
+    grid = SamAutomaticMaskGenerator(
+        tiny_model,
+        points_per_side=None,
+        point_grids=[(seeds + 0.5) / np.array([w, h])],
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+    ).generate(image)
+    by_point: dict[tuple, list[float]] = {}
+    for r in grid:
+        by_point.setdefault(tuple(np.round(r["point_coords"][0], 3)), []).append(r["predicted_iou"])
+    assert records and len(records) <= len(seeds)
+    for r in records:
+        scores = by_point[tuple(np.round(r["point_coords"][0], 3))]
+        assert r["predicted_iou"] == pytest.approx(max(scores), abs=1e-5)
+        assert set(r) >= {"segmentation", "area", "bbox", "predicted_iou", "stability_score", "crop_box"}
+
+
+def test_rethresholding_does_not_rerun_the_model(tiny_model, monkeypatch):
+    generator = SeededMaskGenerator(tiny_model, pred_iou_thresh=0.0, min_mask_region_area=0)
+    state = generator.initialize(blobs_image())
+    everything = generator.generate_from_state(state, pred_iou_thresh=0.0)
+    monkeypatch.setattr(generator.predictor, "set_image", lambda *a, **k: pytest.fail("model re-run"))
+    cut = float(np.median([r["predicted_iou"] for r in everything]))
+    fewer = generator.generate_from_state(state, pred_iou_thresh=cut)
+    assert 0 < len(fewer) < len(everything) or len(everything) == 1
+    assert all(r["predicted_iou"] > cut for r in fewer)
+
+
+def test_generator_for_model_follows_the_checkpoint_and_arguments(tmp_path):
+    torch.manual_seed(0)
+    settings = {"prompts": "seeds", "pred_iou_thresh": 0.3}
+    path = save_checkpoint(tmp_path / "t.pt", build_sam(TINY), {"generator_settings": settings})
+    model = sam_plugins.load_model(path, device="cpu")
+    chosen = generator_for_model(model, points_per_side=16, seed_sigma=3.0)
+    assert isinstance(chosen, SeededMaskGenerator) and chosen.seed_sigma == 3.0
+    assert chosen.pred_iou_thresh == 0.5  # the grid's recommended thresholds do not apply to seeds
+    grid = generator_for_model(model, prompts="grid", points_per_side=4, seed_sigma=3.0)
+    assert type(grid) is SamAutomaticMaskGenerator and grid.pred_iou_thresh == 0.3
+    assert len(grid.point_grids[0]) == 16
+    with pytest.raises(ValueError, match="prompts"):
+        generator_for_model(model, prompts="everywhere")
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(bad, build_sam(TINY), {"generator_settings": {"prompts": "random"}})
+    with pytest.raises(ValueError, match="prompts must be one of"):
+        sam_plugins.load_model(bad, device="cpu")
