@@ -106,3 +106,23 @@ def test_generator_for_model_follows_the_checkpoint_and_arguments(tmp_path):
     save_checkpoint(bad, build_sam(TINY), {"generator_settings": {"prompts": "random"}})
     with pytest.raises(ValueError, match="prompts must be one of"):
         sam_plugins.load_model(bad, device="cpu")
+
+
+def test_segment_and_segment_folder_commands_take_seed_prompts(tmp_path, capsys):
+    import tifffile
+
+    from sam_plugins.cli import main
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", build_sam(TINY), {})
+    (tmp_path / "in").mkdir()
+    tifffile.imwrite(tmp_path / "in" / "spots.tif", blobs_image())
+    loose = ["--pred-iou-thresh", "0", "--min-mask-region-area", "0"]
+    args = ["segment", str(tmp_path / "in" / "spots.tif"), "--model", str(checkpoint), "--prompts", "seeds"]
+    assert main([*args, "--out", str(tmp_path / "one"), *loose]) == 0
+    labels = tifffile.imread(tmp_path / "one" / "spots_labels.tif")
+    assert 1 <= len(np.unique(labels)) - 1 <= 3  # at most one object per bright spot
+    folder = ["segment-folder", str(tmp_path / "in"), str(tmp_path / "many"), "--model", str(checkpoint)]
+    folder += ["--prompts", "seeds", "--seed-sigma", "3", "--quiet", *loose]
+    assert main(folder) == 0
+    assert "segmented 1/1 images" in capsys.readouterr().out

@@ -5,7 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..models.checkpoints import PROMPT_MODES
 from .worker import AMG_PARAMETERS
+
+INT_PARAMETERS = (
+    "seed_min_distance",
+    "points_per_side",
+    "points_per_batch",
+    "crop_n_layers",
+    "crop_n_points_downscale_factor",
+    "min_mask_region_area",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,9 +39,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo images that already have outputs")
     p.add_argument("--chunk-size", type=int, default=8, help="images per write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    amg = p.add_argument_group("automatic mask generator (official parameter names)")
-    for name in AMG_PARAMETERS:
-        kind = float if name.endswith(("thresh", "offset", "ratio")) else int
+    amg = p.add_argument_group("automatic segmentation (official parameter names, plus the seed settings)")
+    amg.add_argument(
+        "--prompts",
+        choices=PROMPT_MODES,
+        default=None,
+        help="grid: SAM's point grid; seeds: one point per bright object (default: the model's choice)",
+    )
+    for name in AMG_PARAMETERS[1:]:
+        kind = int if name in INT_PARAMETERS else float
         amg.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None)
     p.set_defaults(func=run)
 

@@ -20,8 +20,14 @@ import torch
 
 from .records import MODES, Instance, Task, TaskResult, instance_from_mask, store_masks_on_disk
 
-# The official `SamAutomaticMaskGenerator` arguments a job may set (everything but the model).
+# Automatic-mode arguments a job may set: `prompts` ("grid" or "seeds"; default: the model's
+# recommendation), the official `SamAutomaticMaskGenerator` arguments (everything but the model) and
+# the `SeededMaskGenerator` seed arguments; each engine ignores the other's (`generator_for_model`).
 AMG_PARAMETERS = (
+    "prompts",
+    "seed_sigma",
+    "seed_min_distance",
+    "seed_threshold",
     "points_per_side",
     "points_per_batch",
     "pred_iou_thresh",
@@ -41,7 +47,7 @@ class SegmentSettings:
     """Everything a worker needs to know, picklable so it can travel to remote workers.
 
     `model` is a registered name, a checkpoint path, or None for the embedded default.
-    `amg` holds official automatic-mask-generator arguments (see `AMG_PARAMETERS`).
+    `amg` holds automatic-mode arguments (see `AMG_PARAMETERS`).
     If `mask_dir` is set, masks of images with more than `inline_mask_limit` mask pixels
     (all images when the limit is None) are written there as PNG files instead of being
     returned in memory; the directory must be reachable by the workers and the writer.
@@ -185,11 +191,9 @@ class Segmenter:
 
     def _automatic(self, rgb: np.ndarray) -> list[Instance]:
         if self._amg is None:
-            from sam_plugins.automatic import SamAutomaticMaskGenerator
+            from sam_plugins.automatic import generator_for_model
 
-            self._amg = SamAutomaticMaskGenerator.for_model(
-                self.model, output_mode="binary_mask", **self.settings.amg
-            )
+            self._amg = generator_for_model(self.model, output_mode="binary_mask", **self.settings.amg)
         instances = []
         for record in self._amg.generate(rgb):
             inst = instance_from_mask(

@@ -28,6 +28,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--out", type=Path, default=Path("sam_output"), help="output folder (default: %(default)s)"
     )
     parser.add_argument("--channel", type=int, default=None, help="channel to use for multichannel images")
+    parser.add_argument(
+        "--prompts",
+        choices=("seeds", "grid"),
+        default=None,
+        help="seeds: one point per bright object (nuclei, cells); grid: SAM's point grid "
+        "(default: what the model recommends, else grid)",
+    )
+    parser.add_argument("--seed-sigma", type=float, default=None, help="seeds: smoothing in pixels (2)")
+    parser.add_argument(
+        "--seed-threshold", type=float, default=None, help="seeds: rise above background (0.1)"
+    )
     recommended = "default: what the model's checkpoint recommends, else the official %s"
     parser.add_argument("--points-per-side", type=int, default=None, help=recommended % "32")
     parser.add_argument("--pred-iou-thresh", type=float, default=None, help=recommended % "0.88")
@@ -65,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     import tifffile
     from PIL import Image
 
-    from ..automatic import SamAutomaticMaskGenerator, masks_to_label_image
+    from ..automatic import generator_for_model, masks_to_label_image
     from ..images import prepare_image
     from ..models.registry import load_model
 
@@ -74,14 +85,15 @@ def run(args: argparse.Namespace) -> int:
     rgb = prepare_image(image, channel=args.channel)
     start = time.perf_counter()
     model = load_model(args.model, device=args.device)
-    given = {
-        "points_per_side": args.points_per_side,
-        "pred_iou_thresh": args.pred_iou_thresh,
-        "stability_score_thresh": args.stability_score_thresh,
-        "min_mask_region_area": args.min_mask_region_area,
-    }
-    generator = SamAutomaticMaskGenerator.for_model(
-        model, **{name: value for name, value in given.items() if value is not None}
+    generator = generator_for_model(
+        model,
+        prompts=args.prompts,
+        seed_sigma=args.seed_sigma,
+        seed_threshold=args.seed_threshold,
+        points_per_side=args.points_per_side,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        min_mask_region_area=args.min_mask_region_area,
     )
     records = generator.generate(rgb)
     labels = masks_to_label_image(records, rgb.shape[:2])

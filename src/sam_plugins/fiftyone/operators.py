@@ -8,6 +8,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 from sam_plugins.batch.records import MODES
+from sam_plugins.models.checkpoints import PROMPT_MODES
 
 from .api import check_label_field, default_label_field, segment
 from .labels import DEFAULT_POINT_LABEL_ATTR, LABEL_TYPES, OUTPUTS, PROMPT_TYPES
@@ -22,7 +23,9 @@ DELEGATE_THRESHOLD = 25
 # A default of None leaves the value to the model: its checkpoint's recommendation, else the
 # official default (`SamAutomaticMaskGenerator.for_model`).
 AMG_FORM: tuple[tuple[str, type, Any, float | None, float | None, str], ...] = (
-    ("points_per_side", int, 32, 1, 256, "grid points per image side"),
+    ("seed_sigma", float, None, 0.1, 50.0, "seeds: smoothing (pixels) before finding bright spots (2)"),
+    ("seed_threshold", float, None, 0.0, 0.99, "seeds: how far above background a spot must rise (0.1)"),
+    ("points_per_side", int, 32, 1, 256, "grid: points per image side"),
     ("points_per_batch", int, 64, 1, 4096, "points decoded together (memory vs. speed)"),
     (
         "pred_iou_thresh",
@@ -43,12 +46,26 @@ AMG_FORM: tuple[tuple[str, type, Any, float | None, float | None, str], ...] = (
         "own recommendation (the official default 0.95 for official SAM)",
     ),
     ("stability_score_offset", float, 1.0, 0.0, None, "logit offset for the stability score"),
-    ("box_nms_thresh", float, 0.7, 0.0, 1.0, "box IoU above which duplicates are removed"),
+    (
+        "box_nms_thresh",
+        float,
+        None,
+        0.0,
+        1.0,
+        "box IoU above which duplicates are removed (grid 0.7, seeds 0.5)",
+    ),
     ("crop_n_layers", int, 0, 0, 4, "extra layers of image crops (small objects)"),
     ("crop_nms_thresh", float, 0.7, 0.0, 1.0, "box NMS threshold between crops"),
     ("crop_overlap_ratio", float, 512 / 1500, 0.0, 1.0, "overlap of neighbouring crops"),
     ("crop_n_points_downscale_factor", int, 1, 1, 8, "grid reduction per crop layer"),
-    ("min_mask_region_area", int, 0, 0, None, "remove holes/islands smaller than this (pixels)"),
+    (
+        "min_mask_region_area",
+        int,
+        None,
+        0,
+        None,
+        "remove holes/islands smaller than this (pixels; grid 0, seeds 10)",
+    ),
 )
 AMG_DEFAULTS = {name: default for name, _t, default, *_ in AMG_FORM}
 
@@ -169,6 +186,11 @@ class SegmentWithSam(foo.Operator):
 
         if mode == "automatic":
             inputs.view("amg_header", types.Header(label="Automatic mask generator", divider=True))
+            prompts = types.RadioGroup()
+            prompts.add_choice("model", label="What the model recommends")
+            prompts.add_choice("seeds", label="One point per bright object (cells, nuclei)")
+            prompts.add_choice("grid", label="Point grid (SAM's segment everything)")
+            inputs.enum("prompts", prompts.values(), default="model", label="Prompts", view=prompts)
             for name, kind, default, lo, hi, help_text in AMG_FORM:
                 add = inputs.int if kind is int else inputs.float
                 add(name, default=default, min=lo, max=hi, label=name, description=help_text)
@@ -189,6 +211,8 @@ class SegmentWithSam(foo.Operator):
         amg = {}
         if mode == "automatic":
             amg = {name: params[name] for name in AMG_DEFAULTS if params.get(name) is not None}
+            if params.get("prompts") in PROMPT_MODES:  # "model" (or absent): the model's recommendation
+                amg["prompts"] = params["prompts"]
             for name, value in AMG_DEFAULTS.items():
                 if value is not None:
                     amg.setdefault(name, value)
