@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from ..volumes import StopCriteria, iter_propagate
 from ._layer_setup import same_layer
 from ._layers import ObjectPrompts, boxes_on_plane, group_prompts, plan_commit, points_on_plane
-from ._session import AnnotatorSession, AutoParams
+from ._session import AnnotatorSession, AutoParams, engine_defaults
 
 MAX_UNDO = 20
 _PRE_EVENTS = {"adding", "removing", "changing"}
@@ -157,6 +158,7 @@ class ActionsMixin:
             stability=self.stability.value,
             min_area=self.min_area.value,
             points_per_side=self.points_per_side.value,
+            prompts=self.prompts.value,
         )
 
     def segment_everything(self, _: Any = None) -> None:
@@ -166,12 +168,17 @@ class ActionsMixin:
             return
         source, plane = picked
         params, key = self._auto_params(), self._requested_model()
+        chosen = params.prompts if self._prompts_chosen else None
 
         def job(report: Any, cancel: Any) -> tuple[AnnotatorSession, np.ndarray | None]:
             session = self._session_in_worker(source, key)
-            if not session.segment_everything(plane, params, progress=report, cancel=cancel.is_set):
+            run = params
+            if session.model is not self._model:  # just loaded: the settings `_adopt` will show apply
+                prompts, quality, stability = engine_defaults(session.model, chosen)
+                run = replace(params, prompts=prompts, quality=quality, stability=stability)
+            if not session.segment_everything(plane, run, progress=report, cancel=cancel.is_set):
                 return session, None
-            return session, session.threshold_everything(plane, params)
+            return session, session.threshold_everything(plane, run)
 
         def done(result: tuple[AnnotatorSession, np.ndarray | None]) -> None:
             session, labels = result
@@ -197,12 +204,13 @@ class ActionsMixin:
         if self.session is None or self.auto_layer is None:
             return
         plane = self.current_plane()
-        if not self.session.has_auto_records(plane):
-            return
+        params = self._auto_params()
+        if not self.session.has_auto_records(plane, params.prompts):
+            return  # none, or made with the other prompts: Segment everything runs them
         if self.job is not None and self.job.running:
             self._rethreshold_timer.start(150)  # try again when the running job is done
             return
-        session, params = self.session, self._auto_params()
+        session = self.session
 
         def done(labels: np.ndarray) -> None:
             if self.session is session:

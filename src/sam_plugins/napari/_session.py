@@ -10,6 +10,7 @@ are tiled with a halo (`sam_plugins.tiling`). Thread rules: `compute_embedding`,
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections.abc import Callable
@@ -22,6 +23,9 @@ import numpy as np
 from ._layers import ImageSource, ObjectPrompts
 
 EMBEDDING_DIR_ENV = "SAM_PLUGINS_EMBEDDING_DIR"
+# Automatic-segmentation thresholds for models whose checkpoint recommends none (official SAM).
+QUALITY_DEFAULT = 0.86
+STABILITY_DEFAULT = 0.9
 
 
 def embedding_cache_dir() -> Path | None:
@@ -48,18 +52,39 @@ def tiling_for(
 
 @dataclass(frozen=True)
 class AutoParams:
-    """Thresholds of "segment everything", in the words the widget shows.
+    """Settings of "segment everything", in the words the widget shows.
 
+    prompts: "seeds" (one point per bright blob) or "grid" (SAM's point grid); None = what the
+    model recommends (see `sam_plugins.automatic.generator_for_model`; changing it re-runs).
     quality: keep masks whose predicted IoU (the model's own quality estimate) is at least this.
     stability: keep masks that barely change when the logit threshold moves (0..1).
     min_area: drop objects (and fill holes / remove islands) smaller than this many pixels.
-    points_per_side: density of the prompt grid (the expensive part; changing it re-runs).
+    points_per_side: density of the prompt grid (grid only; the expensive part; changing it re-runs).
     """
 
-    quality: float = 0.86
-    stability: float = 0.9
+    quality: float = QUALITY_DEFAULT
+    stability: float = STABILITY_DEFAULT
     min_area: int = 20
     points_per_side: int = 32
+    prompts: str | None = None
+
+
+def engine_defaults(model: Any, prompts: str | None = None) -> tuple[str, float, float]:
+    """(prompts, quality, stability) that segment everything with `model` starts from.
+
+    `prompts` None = the model's recommendation (else "grid"). The grid's thresholds are the ones
+    its checkpoint recommends (else QUALITY_DEFAULT, STABILITY_DEFAULT); the seeds' are
+    `SeededMaskGenerator`'s own defaults (a checkpoint's recommended thresholds are for the grid).
+    """
+    settings = getattr(model, "generator_settings", None) or {}
+    prompts = prompts or settings.get("prompts", "grid")
+    if prompts == "seeds":
+        from ..automatic import SeededMaskGenerator
+
+        defaults = inspect.signature(SeededMaskGenerator).parameters
+        return prompts, defaults["pred_iou_thresh"].default, defaults["stability_score_thresh"].default
+    quality = settings.get("pred_iou_thresh", QUALITY_DEFAULT)
+    return prompts, quality, settings.get("stability_score_thresh", STABILITY_DEFAULT)
 
 
 class _Tiled:
@@ -97,7 +122,7 @@ class AnnotatorSession:
         self._logits: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
         self._active: int | None = None
         self._active_tiled: Any = None
-        self._auto: dict[int, tuple[Any, Any]] = {}
+        self._auto: dict[int, tuple[Any, Any, str]] = {}
 
     # ---------------------------------------------------------------- embeddings
 
@@ -201,12 +226,15 @@ class AnnotatorSession:
         cancel: Callable[[], bool] | None = None,
     ) -> bool:
         """Run the model part of automatic mask generation on `plane` (expensive; thread-safe)
-        and keep every candidate, so `threshold_everything` re-filters without the model.
-        Reuses the plane's embedding when it is untiled. False when cancelled."""
-        from ..automatic import AmgCancelled, SamAutomaticMaskGenerator
+        with `params.prompts` (point grid or seeds) and keep every candidate, so
+        `threshold_everything` re-filters without the model. Reuses the plane's embedding when it
+        is untiled. False when cancelled."""
+        from ..automatic import AmgCancelled, SeededMaskGenerator, generator_for_model
         from ..embeddings import ImageEmbedding
 
-        generator = SamAutomaticMaskGenerator.for_model(self.model, points_per_side=params.points_per_side)
+        generator = generator_for_model(
+            self.model, prompts=params.prompts, points_per_side=params.points_per_side
+        )
         with self._lock:
             embedding = self._embeddings.get(plane)
         try:
@@ -218,17 +246,20 @@ class AnnotatorSession:
             )
         except AmgCancelled:
             return False
-        self._auto[plane] = (generator, state)
+        kind = "seeds" if isinstance(generator, SeededMaskGenerator) else "grid"
+        self._auto[plane] = (generator, state, kind)
         return True
 
-    def has_auto_records(self, plane: int) -> bool:
-        return plane in self._auto
+    def has_auto_records(self, plane: int, prompts: str | None = None) -> bool:
+        """Whether `plane` has stored candidates (made with `prompts`, when given)."""
+        entry = self._auto.get(plane)
+        return entry is not None and (prompts is None or entry[2] == prompts)
 
     def threshold_everything(self, plane: int, params: AutoParams) -> np.ndarray:
         """Label image (Y, X) uint32 from the stored candidates that pass `params` (no model run)."""
         from ..automatic import masks_to_label_image
 
-        generator, state = self._auto[plane]
+        generator, state, _ = self._auto[plane]
         records = generator.generate_from_state(
             state,
             pred_iou_thresh=params.quality,

@@ -32,16 +32,18 @@ from qtpy.QtWidgets import QGroupBox, QScrollArea, QVBoxLayout, QWidget
 from ._actions import ActionsMixin
 from ._layer_setup import LayersMixin, same_layer
 from ._layers import CommitRecord, ImageSource, guess_axis
-from ._session import AnnotatorSession
+from ._session import QUALITY_DEFAULT, STABILITY_DEFAULT, AnnotatorSession, engine_defaults
 from ._workers import JobHandle, start_job
 
 if TYPE_CHECKING:
     import napari
 
 CHECKPOINT_CHOICE = "checkpoint file…"
-# Automatic-segmentation thresholds for models whose checkpoint recommends none (official SAM).
-QUALITY_DEFAULT = 0.86
-STABILITY_DEFAULT = 0.9
+# How "segment everything" places its prompts (`sam_plugins.automatic.generator_for_model`).
+PROMPT_CHOICES = [
+    ("one point per bright object (cells, nuclei)", "seeds"),
+    ("point grid (SAM's segment everything)", "grid"),
+]
 KEYS = {
     "c": "commit",
     "Shift-C": "clear",
@@ -95,6 +97,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self._pending_plane: int | None = None
         self._undo: list[tuple[Labels, CommitRecord]] = []
         self._updating = False
+        self._prompts_chosen = False  # prompts picked while no model was loaded: kept when it loads
         self.points_layer: Points | None = None
         self.boxes_layer: Shapes | None = None
         self.current_layer: Labels | None = None
@@ -147,6 +150,13 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self.commit_button = PushButton(text="Commit (C)")
         self.clear_button = PushButton(text="Clear (Shift-C)")
         self.undo_button = PushButton(text="Undo commit (U)")
+        self.prompts = ComboBox(
+            label="Prompts",
+            choices=PROMPT_CHOICES,
+            value="grid",
+            tooltip="Where the model is prompted: at each bright blob (fluorescent cells, nuclei) "
+            "or on a regular grid (any image). Set to the model's recommendation when it is loaded",
+        )
         self.points_per_side = SpinBox(
             label="Points per side",
             min=4,
@@ -215,6 +225,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         layout.addWidget(
             _group(
                 "Segment everything",
+                self.prompts,
                 self.points_per_side,
                 self.quality,
                 self.stability,
@@ -248,6 +259,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self.clear_button.changed.connect(self.clear)
         self.undo_button.changed.connect(self.undo_commit)
         self.auto_button.changed.connect(self.segment_everything)
+        self.prompts.changed.connect(self._on_prompts_choice)
         self._rethreshold_timer = QTimer(self)
         self._rethreshold_timer.setSingleShot(True)
         self._rethreshold_timer.timeout.connect(self._start_rethreshold)
@@ -299,10 +311,23 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self._new_session()
 
     def _apply_model_settings(self, model: Any) -> None:
-        """Thresholds are model-specific: show the ones the new model's checkpoint recommends."""
-        settings = getattr(model, "generator_settings", {})
-        self.quality.value = settings.get("pred_iou_thresh", QUALITY_DEFAULT)
-        self.stability.value = settings.get("stability_score_thresh", STABILITY_DEFAULT)
+        """Prompts and thresholds are model-specific: show what the new model's checkpoint recommends."""
+        chosen = self.prompts.value if self._prompts_chosen else None
+        self._prompts_chosen = False
+        prompts, quality, stability = engine_defaults(model, chosen)
+        with self.prompts.changed.blocked():
+            self.prompts.value = prompts
+        self._show_engine(prompts, quality, stability)
+
+    def _show_engine(self, prompts: str, quality: float, stability: float) -> None:
+        self.points_per_side.visible = prompts == "grid"  # the seeds need no grid
+        self.quality.value, self.stability.value = quality, stability
+
+    def _on_prompts_choice(self, _: Any = None) -> None:
+        """The user chose other prompts: show that engine's thresholds (they differ a lot)."""
+        self._prompts_chosen = self._model is None
+        self._show_engine(*engine_defaults(self._model, self.prompts.value))
+        self.status.value = "Segment everything (Shift-E) runs with the new prompts."
 
     def _requested_model(self) -> tuple:
         name = self.model.value
