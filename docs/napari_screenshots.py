@@ -5,7 +5,9 @@
 Every step is what a user does: open the sample, click cells, commit, segment everything,
 propagate through the 3-D sample. `--model tiny` uses the random-weight test model (checks the
 script, masks are meaningless); a name or checkpoint file uses that model; the default is the
-embedded model.
+embedded model. Prompts go on the cells that stand most apart from their neighbours in the
+sample's ground truth (what a user would click first); the script prints how well each mask
+matches the ground truth, so a poor screenshot shows up in its output.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 OUT = Path(__file__).parent / "images"
+MAX_WIDTH = 1200  # screenshots are downscaled to this width (file size)
+WINDOW_2D = (slice(40, 340), slice(0, 360))  # the part of the 2-D sample the clicks go to
+DOCK_WIDTH = 380
 
 
 def wait(widget, timeout: float = 600) -> None:
@@ -31,24 +36,105 @@ def wait(widget, timeout: float = 600) -> None:
 
 
 def shot(viewer, name: str) -> None:
+    from PIL import Image
     from qtpy.QtWidgets import QApplication
 
     for _ in range(10):
         QApplication.processEvents()
-    viewer.screenshot(str(OUT / f"napari_{name}.png"), canvas_only=False, flash=False)
-    print("wrote", OUT / f"napari_{name}.png")
+    path = OUT / f"napari_{name}.png"
+    viewer.screenshot(str(path), canvas_only=False, flash=False)
+    image = Image.open(path).convert("RGB")
+    if image.width > MAX_WIDTH:
+        image = image.resize((MAX_WIDTH, round(image.height * MAX_WIDTH / image.width)), Image.LANCZOS)
+    # 256 colours without dithering: a fifth of the size, no visible change
+    image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(path, optimize=True)
+    print("wrote", path, f"({path.stat().st_size // 1024} KB)")
 
 
-def centers(labels: np.ndarray, n: int) -> list[tuple[int, int]]:
-    """Interior points of the n largest objects of a label image."""
+def widen_dock(viewer, widget, width: int = DOCK_WIDTH) -> None:
+    """Give the docked widget room, so that no control or status text is cut off (its scroll
+    area has no horizontal scroll bar: a dock narrower than its content clips the right edge)."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget, QScrollArea
+
+    native = widget.native if hasattr(widget, "native") else widget
+    for scroll in native.findChildren(QScrollArea):
+        if scroll.widget() is not None:
+            needed = scroll.widget().sizeHint().width() + scroll.verticalScrollBar().sizeHint().width()
+            width = max(width, needed + 24)
+    dock = native
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parent()
+    if dock is not None:
+        viewer.window._qt_window.resizeDocks([dock], [width], Qt.Horizontal)
+    print("dock width", width)
+
+
+def isolated_cells(labels: np.ndarray, n: int, window: tuple[slice, slice]) -> list[int]:
+    """Ids of the n objects inside `window` that are farthest from any other object."""
     from scipy import ndimage as ndi
 
-    ids, counts = np.unique(labels[labels > 0], return_counts=True)
-    points = []
-    for i in ids[np.argsort(-counts)][:n]:
-        dist = ndi.distance_transform_edt(labels == i)
-        points.append(np.unravel_index(int(np.argmax(dist)), labels.shape))
-    return points
+    gaps = {}
+    for i, box in enumerate(ndi.find_objects(labels), start=1):
+        if box is None or any(
+            b.start <= w.start or b.stop >= w.stop for b, w in zip(box, window, strict=True)
+        ):
+            continue  # missing, or not wholly inside the window
+        pad = tuple(slice(max(0, b.start - 30), b.stop + 30) for b in box)
+        sub = labels[pad]
+        others = (sub > 0) & (sub != i)
+        gaps[i] = ndi.distance_transform_edt(~others)[sub == i].min() if others.any() else np.inf
+    return sorted(gaps, key=lambda i: -gaps[i])[:n]
+
+
+def interior(mask: np.ndarray) -> tuple[int, ...]:
+    """The point of a mask farthest from its outline."""
+    from scipy import ndimage as ndi
+
+    dist = ndi.distance_transform_edt(mask)
+    return tuple(int(v) for v in np.unravel_index(int(np.argmax(dist)), mask.shape))
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def vivid_colors(layer, ids, tries: int = 200) -> None:
+    """Use the colour seed under which the dullest of `ids` is most saturated and bright: a
+    greyish or dark colour would look like an unsegmented cell in the screenshot."""
+    import colorsys
+
+    def dullest(seed: int) -> float:
+        layer.new_colormap(seed=seed)
+        hsv = [colorsys.rgb_to_hsv(*layer.get_color(int(i))[:3]) for i in ids]
+        return min(min(sat, value - 0.1) for _, sat, value in hsv)
+
+    layer.new_colormap(seed=max(range(tries), key=dullest))
+
+
+def around(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The (Y, X) window around a 2-D mask, `margin` pixels wider on each side, inside the image."""
+    ys, xs = np.nonzero(mask)
+    return tuple(
+        slice(max(0, int(c.min()) - margin), min(n, int(c.max()) + 1 + margin))
+        for c, n in zip((ys, xs), mask.shape, strict=True)
+    )
+
+
+def show_window(viewer, window: tuple[slice, slice], shape: tuple[int, int]) -> None:
+    """Zoom so that `window` (Y, X slices) fills the canvas, showing no space beyond the image
+    (of `shape`) where the image is large enough."""
+    camera = getattr(getattr(viewer, "scene", None), "camera", None) or viewer.camera
+    height, width = viewer.window._qt_viewer.canvas.size
+    zoom = 0.95 * min(height / (window[0].stop - window[0].start), width / (window[1].stop - window[1].start))
+    center = []
+    for w, n, px in zip(window, shape, (height, width), strict=True):
+        half = px / zoom / 2
+        c = (w.start + w.stop) / 2
+        center.append(min(max(c, half), n - half) if 2 * half <= n else n / 2)
+    camera.center = tuple(center)
+    camera.zoom = zoom
 
 
 def main() -> None:
@@ -59,11 +145,12 @@ def main() -> None:
     args = parser.parse_args()
     import napari
 
+    from sam_plugins.automatic.tuning import match_f1
     from sam_plugins.napari import annotate
 
     OUT.mkdir(exist_ok=True)
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window._qt_window.resize(1560, 960)
     viewer.open_sample("sam-plugins", "cells-2d")
     truth = viewer.layers["cells ground truth"].data
     model = None
@@ -74,32 +161,61 @@ def main() -> None:
     elif args.model:
         model = args.model  # a model name or checkpoint file: the widget loads it
     widget = annotate(viewer.layers["cells"], viewer=viewer, model=model)
+    widen_dock(viewer, widget)
+    # load the model and encode the image first, as Compute embeddings does: the threshold
+    # spinboxes then show the values the loaded model recommends
+    widget.compute_embeddings()
+    wait(widget)
     viewer.reset_view()
     shot(viewer, "1_widget")
 
-    cells = centers(truth, 8)
-    widget.add_point(cells[0])
+    cells = isolated_cells(truth, 8, WINDOW_2D)
+    show_window(viewer, around(np.isin(truth, cells[:2]), 60), truth.shape)  # close-up of the first two cells
+    widget.add_point(interior(truth == cells[0]))
     wait(widget)
+    print(f"click on cell {cells[0]}: IoU {iou(widget.current_layer.data > 0, truth == cells[0]):.2f}")
     shot(viewer, "2_click")
 
-    y, x = cells[1]
     widget.commit()
-    widget.boxes_layer.add_rectangles(np.array([[y - 25, x - 25], [y + 25, x + 25]]))
+    ys, xs = np.nonzero(truth == cells[1])
+    margin = 4  # a box drawn by hand around the cell
+    widget.boxes_layer.add_rectangles(
+        np.array([[ys.min() - margin, xs.min() - margin], [ys.max() + margin, xs.max() + margin]])
+    )
     wait(widget)
+    print(f"box around cell {cells[1]}: IoU {iou(widget.current_layer.data > 0, truth == cells[1]):.2f}")
     shot(viewer, "3_box")
 
     widget.commit()
-    for point in cells[2:]:
-        widget.add_point(point)
+    for cell in cells[2:]:
+        widget.add_point(interior(truth == cell))
         wait(widget)
+        print(f"click on cell {cell}: IoU {iou(widget.current_layer.data > 0, truth == cell):.2f}")
         widget.commit()
+    committed = viewer.layers[widget.target.value.name].data
+    print(f"committed {len(np.unique(committed)) - 1} objects")
     viewer.layers.selection.active = widget.target.value
+    vivid_colors(widget.target.value, range(1, 9))
+    show_window(viewer, WINDOW_2D, truth.shape)
     shot(viewer, "4_committed")
 
+    if hasattr(widget, "prompts"):
+        # one point per bright object: what docs/napari.md describes for the embedded model (made
+        # for cells and nuclei); a no-op once its checkpoint recommends it
+        widget.prompts.value = "seeds"
     widget.segment_everything()
     wait(widget)
     for name in ("committed objects", "current object"):
         viewer.layers[name].visible = False
+    auto = np.asarray(viewer.layers["auto segmentation"].data)
+    score = match_f1(auto, truth)
+    print(
+        f"segment everything: {len(np.unique(auto)) - 1} objects for {len(np.unique(truth)) - 1} cells, "
+        f"F1@0.5 {score['f1']:.2f} (tp {score['tp']:.0f}, fp {score['fp']:.0f}, fn {score['fn']:.0f}); "
+        f"prompts {getattr(getattr(widget, 'prompts', None), 'value', 'grid')}, "
+        f"min quality {widget.quality.value:.2f}, min stability {widget.stability.value:.2f}"
+    )
+    viewer.reset_view()
     shot(viewer, "5_everything")
 
     for layer in list(viewer.layers):
@@ -107,18 +223,31 @@ def main() -> None:
     viewer.open_sample("sam-plugins", "nuclei-3d")
     widget.image.value = viewer.layers["nuclei 3d"]
     stack_truth = viewer.layers["nuclei ground truth"].data
+    # the nucleus with the most room around it among the ten longest in Z
     ids, counts = np.unique(stack_truth[stack_truth > 0], return_counts=True)
-    obj = stack_truth == ids[np.argmax(counts)]
+    longest = {int(i) for i in ids[np.argsort(-counts)][:10]}
+    nucleus = next(i for i in isolated_cells(stack_truth, len(ids), (slice(-1, 10**6),) * 3) if i in longest)
+    obj = stack_truth == nucleus
     zs = np.nonzero(obj.any(axis=(1, 2)))[0]
     z = int(zs[len(zs) // 2])
     viewer.dims.set_point(0, z)
-    (y, x) = centers(obj[z].astype(np.int32), 1)[0]
+    y, x = interior(obj[z])
     widget.add_point((z, y, x))
     wait(widget)
     widget.propagate()
     wait(widget)
-    viewer.dims.set_point(0, int(zs[len(zs) // 4]))
-    viewer.reset_view()
+    mask = np.asarray(widget.current_layer.data) > 0
+    done = np.nonzero(mask.any(axis=(1, 2)))[0]
+    print(
+        f"nucleus {nucleus}: clicked on slice {z}, ground truth slices {zs[0]}-{zs[-1]}, "
+        f"propagated over {done.min()}-{done.max()}"
+    )
+    print("  IoU per slice:", " ".join(f"{k}:{iou(mask[k], obj[k]):.2f}" for k in done))
+    shown = min(z + 3, int(zs[-1]))
+    viewer.dims.set_point(0, shown)
+    print(f"  shown: slice {shown}, IoU {iou(mask[shown], obj[shown]):.2f}")
+    show_window(viewer, around(obj[z], 60), obj.shape[1:])
+    viewer.layers.selection.active = viewer.layers["current object"]
     shot(viewer, "6_propagated")
     viewer.close()
 

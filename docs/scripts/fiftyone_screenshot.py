@@ -25,8 +25,15 @@ DOCS = Path(__file__).resolve().parents[1]
 PORT = 5151
 
 
+# The demo images: 384 px, which the encoder zooms 2x (to 768 px), close to the 1.5x it was trained
+# with (docs/models.md, "Small images"); at least 300 photons at a nucleus peak, leaving out the
+# generator's noisiest draws (on one with 17, automatic mode found 2 of 28 nuclei); and a low
+# density, so that the screenshot stays readable (15-30 nuclei, each with its label).
+SIZE, RADIUS, DENSITY, PHOTONS, N_IMAGES = 384, (8.0, 10.0), (0.03, 0.06), (300.0, 3000.0), 4
+
+
 def make_dataset(fo, folder: Path, model: str | None):
-    """Six generated nuclei images with ground-truth boxes, labelled in two modes."""
+    """Generated nuclei images with ground-truth boxes, labelled in two modes."""
     import numpy as np
     from PIL import Image
 
@@ -34,10 +41,16 @@ def make_dataset(fo, folder: Path, model: str | None):
     from sam_plugins.images import prepare_image
     from sam_plugins.training.synthetic import SyntheticConfig, generate_sample
 
-    config = SyntheticConfig(size=(256, 256), kind_weights={"nuclei": 1.0}, radius_range=(10.0, 14.0))
+    config = SyntheticConfig(
+        size=(SIZE, SIZE),
+        kind_weights={"nuclei": 1.0},
+        radius_range=RADIUS,
+        density_range=DENSITY,
+        photons_range=PHOTONS,
+    )
     rng = np.random.default_rng(7)
     samples = []
-    for i in range(6):
+    for i in range(N_IMAGES):
         s = generate_sample(rng, config)
         path = folder / f"nuclei_{i}.png"
         Image.fromarray(prepare_image(s.image)).save(path)
@@ -54,6 +67,10 @@ def make_dataset(fo, folder: Path, model: str | None):
     dataset.compute_metadata()
     segment(dataset, mode="boxes", prompt_field="ground_truth", label_field="sam_boxes", model=model)
     segment(dataset, mode="automatic", label_field="sam_automatic", model=model, points_per_side=16)
+    # the screenshot shows the box-prompted masks alone, one colour per object
+    dataset.app_config.active_fields = fo.ActiveFields(paths=["sam_boxes"])
+    dataset.app_config.color_scheme = fo.ColorScheme(color_by="instance", opacity=0.55)
+    dataset.save()
     return dataset
 
 
