@@ -241,7 +241,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self.status.native.setWordWrap(True)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)  # never clip a narrow dock
         scroll.setWidget(content)
         self.setMinimumWidth(content.sizeHint().width() + scroll.verticalScrollBar().sizeHint().width() + 8)
         QVBoxLayout(self).addWidget(scroll)
