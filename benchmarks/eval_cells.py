@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 import sam_plugins
-from sam_plugins.automatic import SamAutomaticMaskGenerator, masks_to_label_image
+from sam_plugins.automatic import SamAutomaticMaskGenerator, generator_for_model, masks_to_label_image
 from sam_plugins.automatic.tuning import match_f1
 
 HELD_OUT_SEED = 9_000_000
@@ -106,6 +106,9 @@ def main() -> None:
     parser.add_argument("--real", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"))
     parser.add_argument("--min-area", type=int, default=30)
     parser.add_argument("--no-auto", action="store_true", help="skip automatic segmentation (faster)")
+    parser.add_argument(
+        "--prompts", choices=("seeds", "grid"), default=None, help="default: what the model recommends"
+    )
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--pred-iou-thresh", type=float, default=None, help="default: the model's own")
     parser.add_argument("--stability-score-thresh", type=float, default=None, help="default: the model's own")
@@ -127,11 +130,12 @@ def main() -> None:
             "pred_iou_thresh": args.pred_iou_thresh,
             "stability_score_thresh": args.stability_score_thresh,
         }
-        generator = SamAutomaticMaskGenerator.for_model(
+        generator = generator_for_model(
             model,
+            prompts=args.prompts,
             points_per_side=args.points_per_side,
             min_mask_region_area=10,
-            **{k: v for k, v in given.items() if v is not None},
+            **given,
         )
     datasets: list[tuple[str, list[tuple[str, np.ndarray, np.ndarray]]]] = []
     if args.generated:

@@ -96,7 +96,7 @@ def test_generator_for_model_follows_the_checkpoint_and_arguments(tmp_path):
     model = sam_plugins.load_model(path, device="cpu")
     chosen = generator_for_model(model, points_per_side=16, seed_sigma=3.0)
     assert isinstance(chosen, SeededMaskGenerator) and chosen.seed_sigma == 3.0
-    assert chosen.pred_iou_thresh == 0.5  # the grid's recommended thresholds do not apply to seeds
+    assert chosen.pred_iou_thresh == SeededMaskGenerator(model).pred_iou_thresh  # not the grid's 0.3
     grid = generator_for_model(model, prompts="grid", points_per_side=4, seed_sigma=3.0)
     assert type(grid) is SamAutomaticMaskGenerator and grid.pred_iou_thresh == 0.3
     assert len(grid.point_grids[0]) == 16

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed-sigma", type=float, default=None, help="seeds: smoothing in pixels (2)")
     parser.add_argument(
-        "--seed-threshold", type=float, default=None, help="seeds: rise above background (0.1)"
+        "--seed-threshold", type=float, default=None, help="seeds: rise above background (0.2)"
     )
     recommended = "default: what the model's checkpoint recommends, else the official %s"
     parser.add_argument("--points-per-side", type=int, default=None, help=recommended % "32")

@@ -24,7 +24,7 @@ DELEGATE_THRESHOLD = 25
 # official default (`SamAutomaticMaskGenerator.for_model`).
 AMG_FORM: tuple[tuple[str, type, Any, float | None, float | None, str], ...] = (
     ("seed_sigma", float, None, 0.1, 50.0, "seeds: smoothing (pixels) before finding bright spots (2)"),
-    ("seed_threshold", float, None, 0.0, 0.99, "seeds: how far above background a spot must rise (0.1)"),
+    ("seed_threshold", float, None, 0.0, 0.99, "seeds: how far above background a spot must rise (0.2)"),
     ("points_per_side", int, 32, 1, 256, "grid: points per image side"),
     ("points_per_batch", int, 64, 1, 4096, "points decoded together (memory vs. speed)"),
     (
@@ -52,7 +52,7 @@ AMG_FORM: tuple[tuple[str, type, Any, float | None, float | None, str], ...] = (
         None,
         0.0,
         1.0,
-        "box IoU above which duplicates are removed (grid 0.7, seeds 0.5)",
+        "box IoU above which duplicates are removed (grid 0.7, seeds 0.2)",
     ),
     ("crop_n_layers", int, 0, 0, 4, "extra layers of image crops (small objects)"),
     ("crop_nms_thresh", float, 0.7, 0.0, 1.0, "box NMS threshold between crops"),
