@@ -8,7 +8,7 @@ import signal
 import numpy as np
 import pytest
 
-from fo_fixtures import make_cell_images, tiny_checkpoint
+from fo_fixtures import fo_session, make_cell_images, tiny_checkpoint  # noqa: F401
 from sam_plugins.batch import SegmentSettings, Task, TaskResult, run_batch
 from sam_plugins.batch.ray_engine import RayEngine
 from test_batch import box_tasks
@@ -110,3 +110,27 @@ def test_segment_folder_on_ray(local_ray, cells, settings, tmp_path):
     a = json.loads((tmp_path / "ray" / "annotations.json").read_text())
     b = json.loads((tmp_path / "local" / "annotations.json").read_text())
     assert [x["bbox"] for x in a["annotations"]] == [x["bbox"] for x in b["annotations"]]
+
+
+def test_fiftyone_segment_on_ray_writes_what_the_local_engine_writes(local_ray, fo_session, tmp_path):  # noqa: F811
+    from fo_fixtures import make_cells_dataset
+    from sam_plugins.fiftyone import segment
+
+    data = make_cell_images(tmp_path / "cells", n=3, size=96)
+    dataset = make_cells_dataset(fo_session, data)
+    ckpt = str(tiny_checkpoint(tmp_path / "tiny.pt"))
+    try:
+        common = dict(mode="boxes", prompt_field="ground_truth", model=ckpt, chunk_size=2)
+        on_ray = segment(dataset, label_field="on_ray", engine="ray", num_workers=2, **common)
+        local = segment(dataset, label_field="local", **common)
+        assert on_ray["processed"] == local["processed"] == 3 and on_ray["failed"] == 0
+        assert dataset.get_run_info(on_ray["run_key"]).config.engine == "ray"
+        for sample in dataset.select_fields(["on_ray", "local"]):
+            a, b = sample["on_ray"].detections, sample["local"].detections
+            assert len(a) == len(b) > 0
+            for x, y in zip(a, b, strict=True):
+                assert x.label == y.label and np.array_equal(x.get_mask(), y.get_mask())
+                np.testing.assert_allclose(x.bounding_box, y.bounding_box, atol=1e-9)
+                assert abs(x.confidence - y.confidence) < 1e-4
+    finally:
+        dataset.delete()

@@ -211,3 +211,53 @@ def test_session_embeds_refines_and_rethresholds(tmp_path, monkeypatch):
         0, [ObjectPrompts(np.array([[650, 250]], np.float32), np.array([1], np.int32))]
     )
     assert tiled_mask.shape == (300, 700)
+
+
+class TilesOnly:
+    """A lazy stack (e.g. zarr on disk): tiles of one plane can be read (and a strided overview
+    of at most a million pixels), never a whole plane."""
+
+    def __init__(self, data, max_pixels):
+        self._data, self.shape, self.dtype, self.max_pixels = data, data.shape, data.dtype, max_pixels
+        self.largest = self.overviews = 0
+
+    def __getitem__(self, key):
+        region = self._data[key]
+        pixels = region.shape[-2] * region.shape[-1] if region.ndim >= 2 else 0
+        if any(isinstance(k, slice) and (k.step or 1) > 1 for k in key):  # the overview
+            self.overviews += 1
+            assert pixels <= 1_000_000, f"overview {region.shape}"
+            return region
+        if pixels == 0 or pixels > self.max_pixels:
+            raise AssertionError(f"read {region.shape} at once")
+        self.largest = max(self.largest, pixels)
+        return region
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole stack was loaded")
+
+
+def test_session_encodes_a_large_lazy_plane_tile_by_tile():
+    from sam_plugins.models.configs import TINY, build_sam
+    from sam_plugins.napari._session import AnnotatorSession
+    from sam_plugins.tiling import EmbeddingCancelled, TiledEmbeddings
+
+    rng = np.random.default_rng(0)
+    planes = (rng.random((3, 1000, 1100)) * 4000).astype(np.uint16)
+    data = TilesOnly(planes, max_pixels=256 * 256)  # one tiny-model input: tile 192 + 2 x 32 halo
+    source = ImageSource.from_layer(fake_layer(data), axis="Z")
+    assert source.is_lazy and source.is_stack and not ImageSource.from_layer(fake_layer(planes)).is_lazy
+    session = AnnotatorSession(build_sam(TINY).eval(), source, cache=None)
+    assert session.tiling == ((192, 192), (32, 32))
+    assert session.embedding_steps(1) == 36
+    seen = []
+    embedding = session.compute_embedding(1, progress=lambda i, n: seen.append((i, n)))
+    assert isinstance(embedding, TiledEmbeddings) and seen == [(i, 36) for i in range(1, 37)]
+    assert data.largest == 256 * 256 and data.overviews == 1 and session.embedding_steps(1) == 0
+    masks, scores, _ = session.activate(1).predict(
+        point_coords=np.array([[250.0, 200.0]]), point_labels=np.array([1])
+    )
+    assert masks.shape[-2:] == (1000, 1100) and np.isfinite(scores).all()
+    with pytest.raises(EmbeddingCancelled):
+        session.compute_embedding(2, cancel=lambda: True)
+    assert not session.has_embedding(2)

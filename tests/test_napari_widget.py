@@ -69,9 +69,22 @@ def test_click_updates_preview_from_a_worker(cells, qtbot):
     assert widget.current_layer.data.max() >= 1 or "Score" in widget.status.value
     # the encoder ran in a pool thread, not on the UI thread
     # (the embedding job kept its thread id; a second click reuses the embedding synchronously)
+    predictor = widget.session.activate(0)
+    calls = []
+
+    def predict(**kwargs):
+        calls.append((kwargs["point_coords"].copy(), kwargs["point_labels"].copy(), kwargs["mask_input"]))
+        return type(predictor).predict(predictor, **kwargs)
+
+    predictor.predict = predict
     click(qtbot, viewer, (y + 5, x + 5), button="right")
     assert widget.job is None  # no new job: the decoder answers immediately
     assert widget.points_layer.features["prompt"].tolist() == ["positive", "negative"]
+    # the predictor got both points in (x, y) order, the right click as negative, and the last
+    # low-res logits as mask input (refinement)
+    coords, labels, mask_input = calls[-1]
+    assert labels.tolist() == [1, 0] and mask_input is not None
+    assert np.allclose(coords, [[x, y], [x + 5, y + 5]], atol=1.0)
 
 
 def test_encoder_runs_off_the_ui_thread(cells, qtbot):
@@ -152,27 +165,46 @@ def test_clear_and_toggle_keys(cells, qtbot):
     assert len(widget.points_layer.data) == 0 and widget.current_layer.data.max() == 0
 
 
+def napari_shortcuts_by_provider() -> dict[str, set[str]]:
+    """napari's default shortcuts, grouped by what they belong to ('ViewerModel', 'Shapes', ...)."""
+    from napari.utils.action_manager import action_manager
+    from napari.utils.key_bindings import coerce_keybinding
+    from napari.utils.shortcuts import _default_shortcuts
+
+    by_provider: dict[str, set[str]] = {}
+    for name, combos in _default_shortcuts.items():
+        action = action_manager._actions.get(name)
+        provider = getattr(getattr(action, "keymapprovider", None), "__name__", None)
+        if provider is not None:
+            by_provider.setdefault(provider, set()).update(str(coerce_keybinding(k)) for k in combos)
+    return by_provider
+
+
 def test_keys_do_not_replace_napari_bindings(cells):
     viewer, widget = cells
     from napari.layers import Image, Labels, Points, Shapes
-    from napari.utils.shortcuts import _default_shortcuts
+    from napari.utils.key_bindings import coerce_keybinding
 
-    from sam_plugins.napari._widget import KEYS
+    def keys_of(keymap) -> set[str]:
+        return {str(coerce_keybinding(k)) for k in keymap}
 
-    napari_keys = {str(k) for combos in _default_shortcuts.values() for k in combos}
-    assert all(f"Key{key.upper()}" not in napari_keys or key == "c" for key in KEYS if len(key) == 1)
-    # 'C' is napari's auto-contrast on Image layers: we never bind on the image layer
-    image = viewer.layers["cells"]
-    assert "C" not in {str(k) for k in image.keymap}
+    napari_keys = napari_shortcuts_by_provider()
+    # the check itself works: napari's own Shapes 'T' (path mode) and Image 'C' (auto-contrast) are seen
+    assert "T" in napari_keys["Shapes"] and "C" in napari_keys["Image"]
+    # on the viewer (reached when no layer binding answers) nothing of napari's is replaced
+    assert keys_of(viewer.keymap) & napari_keys["ViewerModel"] == set()
+    # we never bind on the image layer, so its 'C' (auto-contrast) stays napari's
+    assert keys_of(viewer.layers["cells"].keymap) & {"C", "Shift+C", "T", "U"} == set()
+    assert isinstance(viewer.layers["cells"], Image)
     for layer_type, layer in (
         (Points, widget.points_layer),
         (Shapes, widget.boxes_layer),
         (Labels, widget.current_layer),
     ):
-        ours = {str(k) for k in layer.keymap}
-        theirs = {str(k) for k in layer_type.class_keymap}
-        assert not ours & theirs, (layer_type, ours & theirs)
-    assert isinstance(image, Image)
+        ours = keys_of(layer.keymap)
+        assert {"C", "Shift+C", "U"} <= ours, (layer_type.__name__, ours)
+        theirs = napari_keys.get(layer_type.__name__, set()) | keys_of(layer_type.class_keymap)
+        assert not ours & theirs, (layer_type.__name__, ours & theirs)
 
 
 def test_boxes_prompt_objects(cells, qtbot):
@@ -306,6 +338,30 @@ def test_cancel_stops_a_job(cells, qtbot):
     assert "cancelled" in widget.status.value
 
 
+def test_large_dask_image_is_embedded_tile_by_tile_with_progress_and_cancel(make_napari_viewer, qtbot):
+    dask_array = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(0)
+    image = dask_array.from_array((rng.random((1000, 1100)) * 4000).astype(np.uint16), chunks=(250, 250))
+    viewer = make_napari_viewer(show=True)
+    viewer.add_image(image, name="mosaic")
+    widget = open_widget(viewer)
+    widget.set_model(tiny_model(), "tiny")
+    widget.compute_embeddings()
+    widget.cancel_button.changed.emit(None)  # the worker stops before its next tile
+    wait_idle(qtbot, widget)
+    assert widget.status.value == "Computing embeddings was cancelled."
+    assert not widget.session.has_embedding(0)
+    maxima = []
+    widget.progress.changed.connect(lambda _: maxima.append(widget.progress.max))
+    widget.compute_embeddings()
+    wait_idle(qtbot, widget)
+    assert maxima and set(maxima) == {36}  # 6 x 6 tiles of the tiny model's 256-px input
+    assert widget.session.has_embedding(0) and widget.session.source.is_lazy
+    widget.add_point((500, 550))
+    wait_idle(qtbot, widget)
+    assert widget.current_layer.data.shape == (1000, 1100)
+
+
 def test_bad_inputs_give_notifications(make_napari_viewer, qtbot):
     viewer = make_napari_viewer(show=True)
     widget = open_widget(viewer)
@@ -355,7 +411,7 @@ def test_stack_geometry_and_propagation_wiring(make_napari_viewer, qtbot):
     assert widget.job is not None and widget.job.name == "Propagation"
     wait_idle(qtbot, widget)
     visited = [z for z in range(8) if widget.session.has_embedding(z)]
-    assert set(visited) <= set(range(3, 8)) and 4 in visited or 6 in visited
+    assert set(visited) <= set(range(3, 8)) and (4 in visited or 6 in visited), visited
     assert not widget.current_layer.data[:3].any()
     assert "Propagated" in widget.status.value
 

@@ -129,3 +129,79 @@ def test_cache_memory_and_disk(predictor, tmp_path, monkeypatch):
         EmbeddingCache.key(IMAGE, build_sam(TINY)),
     }
     assert len(keys) == 3
+
+
+class RegionsOnly:
+    """A large on-disk image as zarr or dask serve it: any region can be read, the whole never.
+
+    Records the pixels of every read; a read of more than `max_pixels` (the whole image) fails.
+    """
+
+    def __init__(self, array: np.ndarray, max_pixels: int) -> None:
+        self._array, self.max_pixels = array, max_pixels
+        self.shape, self.dtype = array.shape, array.dtype
+        self.reads: list[tuple[int, int]] = []
+
+    def __getitem__(self, key):
+        region = self._array[key]
+        pixels = region.shape[0] * region.shape[1]
+        if pixels > self.max_pixels:
+            raise AssertionError(f"read {region.shape} at once")
+        self.reads.append((pixels, key[0].step or 1))
+        return region
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("the whole image was loaded")
+
+
+def test_lazy_image_is_embedded_tile_by_tile(predictor, tmp_path):
+    from sam_plugins.tiling import EmbeddingCancelled, LazyImage
+
+    rng = np.random.default_rng(3)
+    big = (ndimage_blur(rng.random((420, 500))) * 60000).astype(np.uint16)
+    tile, halo = (160, 160), (24, 24)
+    outer = (160 + 48) ** 2
+    stored = RegionsOnly(big, max_pixels=outer)
+    lazy = LazyImage(stored, overview_pixels=20_000)
+    # the intensity range comes from a strided overview, the pixels from one tile at a time
+    assert len(stored.reads) == 1 and stored.reads[0][1] >= 2 and stored.reads[0][0] <= 20_000
+    lo, hi = lazy.value_range
+    assert abs(lo - np.percentile(big, 1.0)) < 0.05 * (hi - lo)
+    cache = EmbeddingCache(tmp_path)
+    seen: list[tuple[int, int]] = []
+    tiled = cache.get_or_compute(
+        predictor, lazy, tile_shape=tile, halo=halo, progress_callback=lambda i, n: seen.append((i, n))
+    )
+    n_tiles = len(tile_grid(big.shape, tile, halo))
+    assert isinstance(tiled, TiledEmbeddings) and len(tiled.tiles) == n_tiles == 12
+    assert seen[-1] == (n_tiles, n_tiles)
+    assert max(pixels for pixels, step in stored.reads if step == 1) <= outer
+    # the same embeddings as the in-memory image converted with the same intensity range
+    eager = compute_tiled_embeddings(predictor, big, tile, halo, value_range=lazy.value_range)
+    for a, b in zip(tiled.embeddings, eager.embeddings, strict=True):
+        assert torch.equal(a.features, b.features)
+    # a second request is answered by the cache (memory, then disk), reading tiles only to hash them
+    assert cache.get_or_compute(predictor, lazy, tile_shape=tile, halo=halo) is tiled
+    from_disk = EmbeddingCache(tmp_path).get_or_compute(predictor, lazy, tile_shape=tile, halo=halo)
+    assert torch.equal(from_disk.embeddings[4].features, tiled.embeddings[4].features)
+    masks, _, _, used = TiledPredictor(predictor, tiled).predict(
+        point_coords=np.array([[250.0, 200.0]]), point_labels=np.array([1])
+    )
+    assert masks.shape[-2:] == big.shape and used.index == 5
+    # cancelling between tiles raises and stores nothing
+    calls = iter(range(100))
+    with pytest.raises(EmbeddingCancelled):
+        EmbeddingCache().get_or_compute(
+            predictor,
+            LazyImage(stored, overview_pixels=20_000),
+            (100, 100),
+            halo,
+            cancel=lambda: next(calls) >= 2,
+        )
+
+
+def ndimage_blur(image: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    out = ndimage.gaussian_filter(image, 4)
+    return (out - out.min()) / (out.max() - out.min())

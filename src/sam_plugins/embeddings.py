@@ -256,13 +256,23 @@ class EmbeddingCache:
 
     @staticmethod
     def key(
-        image: np.ndarray,
+        image: Any,
         model: torch.nn.Module,
         tile_shape: tuple[int, int] | None = None,
         halo: tuple[int, int] | None = None,
     ) -> str:
+        """Cache key of ``image`` (an array, or a tiled :class:`~sam_plugins.tiling.LazyImage`,
+        whose pixels are hashed tile by tile) for ``model`` and the tiling."""
         tiling = "untiled" if tile_shape is None else f"tile{tuple(tile_shape)}halo{tuple(halo or (0, 0))}"
-        raw = f"{image_hash(image)}-{model_fingerprint(model)}-{tiling}"
+        from .tiling import LazyImage, tile_grid
+
+        if isinstance(image, LazyImage):
+            if tile_shape is None:
+                raise ValueError("A LazyImage is embedded tile by tile: give tile_shape.")
+            content = image.content_hash(tile_grid(image.shape, tile_shape, halo or 0))
+        else:
+            content = image_hash(image)
+        raw = f"{content}-{model_fingerprint(model)}-{tiling}"
         return hashlib.sha1(raw.encode()).hexdigest()[:24]
 
     def _path(self, key: str) -> Path | None:
@@ -300,13 +310,18 @@ class EmbeddingCache:
     def get_or_compute(
         self,
         predictor: Any,
-        image: np.ndarray,
+        image: Any,
         tile_shape: tuple[int, int] | None = None,
         halo: tuple[int, int] = (0, 0),
         progress_callback: Callable[[int, int], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
         **prepare_kwargs: Any,
     ) -> ImageEmbedding | TiledEmbeddings:
-        """Cached embedding of ``image`` for ``predictor.model``; computed (and stored) on a miss."""
+        """Cached embedding of ``image`` for ``predictor.model``; computed (and stored) on a miss.
+
+        ``image`` is an array or, with ``tile_shape``, a :class:`~sam_plugins.tiling.LazyImage`
+        (read one tile at a time). ``cancel`` stops a tiled computation between tiles
+        (:class:`~sam_plugins.tiling.EmbeddingCancelled`)."""
         key = self.key(image, predictor.model, tile_shape, halo if tile_shape is not None else None)
         if prepare_kwargs:
             key += hashlib.sha1(json.dumps(prepare_kwargs, sort_keys=True).encode()).hexdigest()[:8]
@@ -320,7 +335,13 @@ class EmbeddingCache:
             from .tiling import compute_tiled_embeddings
 
             value = compute_tiled_embeddings(
-                predictor, image, tile_shape, halo, progress_callback=progress_callback, **prepare_kwargs
+                predictor,
+                image,
+                tile_shape,
+                halo,
+                progress_callback=progress_callback,
+                cancel=cancel,
+                **prepare_kwargs,
             )
         self.put(key, value)
         return value

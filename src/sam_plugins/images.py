@@ -14,14 +14,15 @@ microscopes produce into that, with one documented rule:
   with a robust percentile normalisation: ``lo, hi`` = the ``percentiles`` (default 1 % and
   99.8 %) of all values of the selected channel(s), then ``round(clip((x - lo) / (hi - lo), 0, 1) *
   255)``. If ``hi == lo`` the minimum and maximum are used instead; a constant image becomes 0.
-  Non-finite values (NaN, inf) are rejected.
+  Non-finite values (NaN, inf) are rejected. ``value_range=(lo, hi)`` gives ``lo, hi`` directly
+  (e.g. estimated once for a large image that is converted tile by tile).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["prepare_image", "normalize_percentile", "DEFAULT_PERCENTILES"]
+__all__ = ["prepare_image", "normalize_percentile", "intensity_range", "DEFAULT_PERCENTILES"]
 
 DEFAULT_PERCENTILES: tuple[float, float] = (1.0, 99.8)
 _MAX_CHANNELS = 16
@@ -43,10 +44,10 @@ def _channel_axis(shape: tuple[int, ...], channel_axis: int | None) -> int:
     )
 
 
-def normalize_percentile(
+def intensity_range(
     data: np.ndarray, percentiles: tuple[float, float] = DEFAULT_PERCENTILES
-) -> np.ndarray:
-    """Map any real-valued array to ``uint8`` with the robust percentile rule (see module doc)."""
+) -> tuple[float, float]:
+    """The ``lo, hi`` of the robust percentile rule for ``data`` (min/max if the percentiles tie)."""
     lo_p, hi_p = percentiles
     if not 0.0 <= lo_p < hi_p <= 100.0:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles}.")
@@ -54,6 +55,18 @@ def normalize_percentile(
     lo, hi = np.percentile(values, [lo_p, hi_p])
     if hi <= lo:
         lo, hi = float(values.min()), float(values.max())
+    return float(lo), float(hi)
+
+
+def normalize_percentile(
+    data: np.ndarray,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Map any real-valued array to ``uint8`` with the robust percentile rule (see module doc);
+    ``value_range=(lo, hi)`` skips the percentiles."""
+    values = data.astype(np.float64, copy=False)
+    lo, hi = intensity_range(values, percentiles) if value_range is None else map(float, value_range)
     if hi <= lo:
         return np.zeros(data.shape, dtype=np.uint8)
     scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0) * 255.0
@@ -65,11 +78,13 @@ def prepare_image(
     channel: int | None = None,
     channel_axis: int | None = None,
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    value_range: tuple[float, float] | None = None,
 ) -> np.ndarray:
     """Convert a 2-D microscopy image (gray, RGB/RGBA or multichannel) to (H, W, 3) ``uint8`` RGB.
 
     ``channel`` picks one channel of a multichannel image; ``channel_axis`` says where the channels
-    are when the layout is ambiguous. See the module docstring for the exact rule.
+    are when the layout is ambiguous. ``value_range=(lo, hi)`` replaces the percentiles of this
+    image (non-uint8 data). See the module docstring for the exact rule.
     """
     if not isinstance(image, np.ndarray):
         if hasattr(image, "__array__"):
@@ -120,7 +135,7 @@ def prepare_image(
     elif image.dtype == np.bool_:
         out = image.astype(np.uint8) * 255
     else:
-        out = normalize_percentile(image, percentiles)
+        out = normalize_percentile(image, percentiles, value_range)
     if out.ndim == 2:
         out = np.repeat(out[..., None], 3, axis=-1)
     return np.ascontiguousarray(out)

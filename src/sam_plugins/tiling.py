@@ -6,10 +6,15 @@ region, clipped to the image). A prompt goes to the tile whose inner region cont
 (the mean of the positive points, or the box centre); its coordinates are shifted into that tile's
 outer frame, the predictor runs on the tile embedding, and the mask is pasted back into a
 full-size array (False / ``-inf`` logits outside the tile's outer region).
+
+Images that are not in memory (dask, zarr, memory-mapped files) are wrapped in :class:`LazyImage`:
+each tile is read and converted on its own, with one intensity range estimated from a strided
+overview, so the whole image is never loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Callable
@@ -19,9 +24,21 @@ from typing import Any
 import numpy as np
 
 from .embeddings import ImageEmbedding, image_hash, model_fingerprint
-from .images import prepare_image
+from .images import DEFAULT_PERCENTILES, intensity_range, prepare_image
 
-__all__ = ["Tile", "TiledEmbeddings", "TiledPredictor", "compute_tiled_embeddings", "tile_grid"]
+__all__ = [
+    "EmbeddingCancelled",
+    "LazyImage",
+    "Tile",
+    "TiledEmbeddings",
+    "TiledPredictor",
+    "compute_tiled_embeddings",
+    "tile_grid",
+]
+
+
+class EmbeddingCancelled(RuntimeError):
+    """Raised when a tiled embedding computation is cancelled (no partial result is kept)."""
 
 
 @dataclass(frozen=True)
@@ -130,9 +147,73 @@ class TiledEmbeddings:
         return save_embedding(path, self)
 
 
+class LazyImage:
+    """A 2-D image read region by region from an array that is not loaded (dask, zarr, memmap).
+
+    ``data`` is (H, W) or (H, W, C) with channels last (pick one with ``channel``); anything that
+    has ``shape``, ``dtype`` and ``data[y0:y1, x0:x1]`` works. Regions are converted like
+    :func:`prepare_image`, but non-uint8 data uses one intensity range for all regions: the
+    ``percentiles`` of a strided overview of at most ``overview_pixels`` pixels.
+    """
+
+    def __init__(
+        self,
+        data: Any,
+        channel: int | None = None,
+        percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+        overview_pixels: int = 1_000_000,
+    ) -> None:
+        shape = tuple(int(n) for n in data.shape)
+        if len(shape) not in (2, 3) or min(shape[:2]) == 0:
+            raise ValueError(f"Expected a non-empty 2-D image (H, W) or (H, W, C), got shape {shape}.")
+        self.data = data
+        self.channel = channel
+        self.shape: tuple[int, int] = (shape[0], shape[1])
+        self.dtype = np.dtype(data.dtype)
+        self.value_range: tuple[float, float] | None = None
+        if self.dtype not in (np.uint8, np.bool_):
+            step = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / overview_pixels)))
+            overview = self._convert_input(np.asarray(data[::step, ::step]))
+            if overview.dtype.kind == "f" and not np.isfinite(overview).all():
+                raise ValueError(
+                    "The image contains NaN or infinite values; replace them first, e.g. np.nan_to_num."
+                )
+            self.value_range = intensity_range(overview, percentiles)
+
+    def _convert_input(self, raw: np.ndarray) -> np.ndarray:
+        """The selected channel(s) of a raw region, before intensity mapping."""
+        if raw.ndim == 3:
+            if self.channel is not None:
+                return raw[..., self.channel]
+            return raw[..., 0] if raw.shape[-1] == 1 else raw[..., :3]
+        return raw
+
+    def region(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Pixels [y0:y1, x0:x1] as SAM input, (h, w, 3) uint8 (the only part that is read)."""
+        raw = self._convert_input(np.asarray(self.data[y0:y1, x0:x1]))
+        return prepare_image(raw, channel_axis=-1 if raw.ndim == 3 else None, value_range=self.value_range)
+
+    def content_hash(self, tiles: list[Tile]) -> str:
+        """sha1 of the converted image, read one inner tile region at a time."""
+        digest = _lazy_digest(self)
+        for tile in tiles:
+            _hash_region(digest, self.region(*tile.inner))
+        return digest.hexdigest()
+
+
+def _lazy_digest(image: LazyImage) -> Any:
+    digest = hashlib.sha1()
+    digest.update(f"lazy{image.shape}{image.dtype.str}{image.value_range}{image.channel}".encode())
+    return digest
+
+
+def _hash_region(digest: Any, region: np.ndarray) -> None:
+    digest.update(memoryview(np.ascontiguousarray(region)).cast("B"))
+
+
 def compute_tiled_embeddings(
     predictor: Any,
-    image: np.ndarray,
+    image: np.ndarray | LazyImage,
     tile_shape: int | tuple[int, int] = 1024,
     halo: int | tuple[int, int] = 128,
     progress_callback: Callable[[int, int], None] | None = None,
@@ -141,28 +222,45 @@ def compute_tiled_embeddings(
 ) -> TiledEmbeddings:
     """Encode every tile (plus halo) of ``image`` with ``predictor``; returns :class:`TiledEmbeddings`.
 
-    The image is converted once with :func:`prepare_image` (so all tiles share one normalisation).
+    An in-memory image is converted once with :func:`prepare_image` (so all tiles share one
+    normalisation); a :class:`LazyImage` is read one tile at a time. ``cancel()`` returning True
+    stops before the next tile with :class:`EmbeddingCancelled`.
     """
-    rgb = prepare_image(image, **prepare_kwargs)
-    tiles = tile_grid(rgb.shape, tile_shape, halo)
+    if isinstance(image, LazyImage):
+        if prepare_kwargs:
+            raise ValueError(f"Give {sorted(prepare_kwargs)} to LazyImage, not here.")
+        shape, read = image.shape, image.region
+        digest = _lazy_digest(image)
+    else:
+        rgb = prepare_image(image, **prepare_kwargs)
+        shape, digest = rgb.shape[:2], None
+
+        def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            return rgb[y0:y1, x0:x1]
+
+    tiles = tile_grid(shape, tile_shape, halo)
     embeddings = []
     for i, tile in enumerate(tiles):
         if cancel is not None and cancel():
-            raise RuntimeError("Tiled embedding computation was cancelled.")
+            raise EmbeddingCancelled("Tiled embedding computation was cancelled.")
         y0, y1, x0, x1 = tile.outer
-        predictor.set_image(rgb[y0:y1, x0:x1])
+        pixels = read(y0, y1, x0, x1)
+        if digest is not None:  # hash the inner region, as LazyImage.content_hash does
+            iy0, iy1, ix0, ix1 = tile.inner
+            _hash_region(digest, pixels[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0])
+        predictor.set_image(pixels)
         embeddings.append(predictor.get_embedding())
         if progress_callback is not None:
             progress_callback(i + 1, len(tiles))
     predictor.reset_image()
     return TiledEmbeddings(
-        image_shape=tuple(rgb.shape[:2]),
+        image_shape=(int(shape[0]), int(shape[1])),
         tile_shape=_pair(tile_shape, "tile_shape", 1),
         halo=_pair(halo, "halo", 0),
         tiles=tiles,
         embeddings=embeddings,
         model_fingerprint=model_fingerprint(predictor.model),
-        image_hash=image_hash(rgb),
+        image_hash=digest.hexdigest() if digest is not None else image_hash(rgb),
     )
 
 

@@ -24,7 +24,8 @@ class ImageSource:
     level). 2-D data is one plane. 3-D non-RGB data is a stack whose first axis is `axis`:
     "Z" (3-D) or "T" (time) gives one plane per index, "C" gives one 2-D image whose channel
     `channel` is used. RGB(A) data is (Y, X, 3|4), or a stack (N, Y, X, 3|4); `channel` may pick
-    one colour. Planes are read one at a time, so lazy arrays are never loaded whole.
+    one colour. Planes are read one at a time, so lazy stacks are never loaded whole; a large
+    lazy plane is read one tile at a time through `lazy_plane`.
     """
 
     data: Any
@@ -103,15 +104,34 @@ class ImageSource:
     def spatial_ndim(self) -> int:
         return 3 if self.is_stack else 2
 
-    def plane(self, index: int = 0) -> np.ndarray:
-        """Raw plane `index` as a numpy array: (Y, X) or (Y, X, C) for RGB."""
+    @property
+    def is_lazy(self) -> bool:
+        """True when the data is not in memory (dask, zarr, memory-mapped): read it in parts."""
+        return not isinstance(self.data, np.ndarray) or isinstance(self.data, np.memmap)
+
+    def _plane_index(self, index: int) -> tuple[int, ...]:
+        """Leading indices that select plane `index` out of the layer data."""
         if self.is_stack:
             if not 0 <= index < self.n_planes:
                 raise IndexError(f"plane {index} is outside 0..{self.n_planes - 1}")
-            return np.asarray(self.data[index])
+            return (index,)
         if self.ndim == 3:  # channel axis first
-            return np.asarray(self.data[self.channel or 0])
-        return np.asarray(self.data)
+            return (self.channel or 0,)
+        return ()
+
+    def plane(self, index: int = 0) -> np.ndarray:
+        """Raw plane `index` as a numpy array: (Y, X) or (Y, X, C) for RGB."""
+        prefix = self._plane_index(index)
+        return np.asarray(self.data[prefix[0]] if prefix else self.data)  # at most one leading index
+
+    def lazy_plane(self, index: int = 0) -> Any:
+        """Plane `index` as a :class:`~sam_plugins.tiling.LazyImage`: nothing is read until its
+        tiles are (plus a strided overview for the intensity range of non-uint8 data)."""
+        from ..tiling import LazyImage
+
+        return LazyImage(
+            _PlaneView(self.data, self._plane_index(index)), channel=self.channel if self.rgb else None
+        )
 
     def model_input(self, index: int = 0) -> np.ndarray:
         """Plane `index` converted for SAM: (Y, X, 3) uint8."""
@@ -124,6 +144,19 @@ class ImageSource:
     def plane_key(self, index: int = 0) -> tuple:
         """What makes plane `index` unique for embedding caches within a session."""
         return (id(self.data), self.axis, self.channel, index if self.is_stack else 0)
+
+
+class _PlaneView:
+    """``data[prefix]`` without reading it: slicing reads only the region asked for."""
+
+    def __init__(self, data: Any, prefix: tuple[int, ...]) -> None:
+        self.data, self.prefix = data, prefix
+        self.shape = tuple(data.shape[len(prefix) :])
+        self.dtype = data.dtype
+
+    def __getitem__(self, key: Any) -> Any:
+        key = key if isinstance(key, tuple) else (key,)
+        return self.data[(*self.prefix, *key)]
 
 
 def guess_axis(shape: Sequence[int], rgb: bool = False) -> StackAxis:

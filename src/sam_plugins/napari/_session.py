@@ -130,22 +130,40 @@ class AnnotatorSession:
         with self._lock:
             return plane in self._embeddings
 
-    def compute_embedding(self, plane: int, progress: Callable[[int, int], None] | None = None) -> Any:
+    def compute_embedding(
+        self,
+        plane: int,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> Any:
         """Embedding of plane `plane` (ImageEmbedding, or TiledEmbeddings for large planes):
-        from this session, else the cache (memory, then disk), else the encoder. Thread-safe."""
+        from this session, else the cache (memory, then disk), else the encoder. Thread-safe.
+        Large planes of lazy data (dask, zarr) are read one tile at a time; `progress(done, total)`
+        counts tiles and `cancel()` stops between tiles (EmbeddingCancelled)."""
         with self._lock:
             cached = self._embeddings.get(plane)
         if cached is not None:
             return cached
         predictor = _new_predictor(self.model)
-        image = self.source.model_input(plane)
         tile, halo = self.tiling if self.tiling else (None, (0, 0))
+        if tile is not None and self.source.is_lazy:
+            image = self.source.lazy_plane(plane)
+        else:
+            image = self.source.model_input(plane)
         embedding = self.cache.get_or_compute(
-            predictor, image, tile_shape=tile, halo=halo, progress_callback=progress
+            predictor, image, tile_shape=tile, halo=halo, progress_callback=progress, cancel=cancel
         )
         with self._lock:
             self._embeddings[plane] = embedding
         return embedding
+
+    def embedding_steps(self, plane: int) -> int:
+        """How many encoder passes plane `plane` needs now: 0 if it has one, else its tiles."""
+        from ..tiling import tile_grid
+
+        if self.has_embedding(plane):
+            return 0
+        return len(tile_grid(self.source.plane_shape, *self.tiling)) if self.tiling else 1
 
     def _predictor_on(self, predictor: Any, embedding: Any) -> Any:
         """`predictor` set to `embedding`; a tiled wrapper for tiled embeddings."""

@@ -518,21 +518,36 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
 
         key = self._requested_model()
 
-        def job(report: Any, cancel: Any) -> AnnotatorSession:
+        def job(report: Any, cancel: Any) -> tuple[AnnotatorSession, bool]:
+            from ..tiling import EmbeddingCancelled
+
             session = self._session_in_worker(source, key)
-            report(0, len(planes))
-            for i, plane in enumerate(planes):
+            steps = [session.embedding_steps(plane) for plane in planes]  # tiles of large planes
+            total, done = sum(steps), 0
+            report(0, total)
+            for plane, n in zip(planes, steps, strict=True):
                 if cancel.is_set():
                     break
-                session.compute_embedding(plane)
-                report(i + 1, len(planes))
-            return session
 
-        return self._run("Computing embeddings", job, self._on_embedded)
+                def tile_done(i: int, _n: int, before: int = done) -> None:
+                    report(before + i, total)
 
-    def _on_embedded(self, session: AnnotatorSession) -> None:
+                try:
+                    session.compute_embedding(plane, progress=tile_done, cancel=cancel.is_set)
+                except EmbeddingCancelled:
+                    break
+                done += n
+                report(done, total)
+            return session, done < total
+
+        return self._run("Computing embeddings", job, lambda result: self._on_embedded(*result))
+
+    def _on_embedded(self, session: AnnotatorSession, cancelled: bool = False) -> None:
         self._adopt(session)
         if self.session is not session:
+            return
+        if cancelled:
+            self.status.value = "Computing embeddings was cancelled."
             return
         self.status.value = "Embeddings ready: click on an object."
         if self._pending_plane is not None:
