@@ -6,6 +6,9 @@ objects smaller than the grid spacing and keeps fragments next to the whole obje
 prompts are where a biologist would click: one positive point at each bright blob (a local maximum
 of the Gaussian-smoothed image), and each point keeps only its best mask (highest predicted IoU).
 Duplicates (two seeds in one nucleus) are removed by the same non-maximum suppression as SAM's.
+A second pass prompts the bright regions that no accepted mask covers (a nucleus whose blob
+had no maximum of its own next to a brighter neighbour, or whose mask was taken by a merged one),
+one point at the centre of each such region, and adds the masks that do not overlap the first ones.
 Everything else (records, re-thresholding without the model, label images) is the automatic mask
 generator's.
 """
@@ -55,14 +58,49 @@ def find_seeds(
     return peaks[order, ::-1].astype(np.float64)
 
 
+def bright_mask(image: np.ndarray, sigma: float = 2.0, threshold: float = 0.2) -> np.ndarray:
+    """Pixels of ``image`` (already :func:`prepare_image`-d) brighter than the seed floor of
+    :func:`find_seeds` after the same smoothing: where objects can be."""
+    smooth = ndimage.gaussian_filter(image.astype(np.float32).mean(axis=-1), sigma)
+    low, high = np.percentile(smooth, [5.0, 99.5])
+    if high <= low:
+        return np.zeros(smooth.shape, dtype=bool)
+    return smooth > low + threshold * (high - low)
+
+
+def uncovered_seeds(bright: np.ndarray, covered: np.ndarray, min_area: int = 20) -> np.ndarray:
+    """(N, 2) (x, y) points, one at the centre (farthest from the edge) of each bright region of at
+    least ``min_area`` pixels that ``covered`` (the accepted masks, grown by a pixel) leaves free;
+    regions are opened by 2 px first, so thin rims around accepted masks do not count."""
+    free = bright & ~ndimage.binary_dilation(covered, iterations=1)
+    free = ndimage.binary_opening(free, iterations=2)
+    labels, _ = ndimage.label(free)
+    points = []
+    for index, window in enumerate(ndimage.find_objects(labels), start=1):
+        if window is None:
+            continue
+        region = labels[window] == index
+        if region.sum() < min_area:
+            continue
+        depth = ndimage.distance_transform_edt(region)
+        y, x = np.unravel_index(int(np.argmax(depth)), depth.shape)
+        points.append((x + window[1].start, y + window[0].start))
+    return np.asarray(points, dtype=np.float64).reshape(-1, 2)
+
+
 class SeededMaskGenerator(SamAutomaticMaskGenerator):
     """Segment every bright object (nuclei, cells) with one point prompt at each blob centre.
 
     Same records, ``initialize``/``generate_from_state`` split, progress and cancel as
     :class:`SamAutomaticMaskGenerator`; the prompts come from :func:`find_seeds` on each image and
-    every prompt keeps only its highest-scored mask. The defaults (seed sigma 2 px and threshold
-    0.2, predicted IoU >= 0.4, box NMS 0.2: a seed inside an object already found adds nothing)
-    were chosen by F1 on held-out generated nuclei images with the embedded model (docs/models.md).
+    every prompt keeps only its highest-scored mask. With ``seed_passes=2`` (default) a second
+    pass prompts the centres of bright regions that the first pass's accepted masks leave free
+    (:func:`uncovered_seeds`) and adds its masks that overlap the first ones by less than
+    ``second_pass_max_overlap`` of their area. The second pass's seeds depend on the thresholds the
+    generator has when :meth:`initialize` runs; re-filtering the state later does not re-seed.
+    The defaults (seed sigma 2 px and threshold 0.2, predicted IoU >= 0.4, box NMS 0.2: a seed
+    inside an object already found adds nothing; the second pass) were chosen by F1 on held-out
+    generated nuclei images with the embedded model (docs/models.md).
     """
 
     def __init__(
@@ -71,6 +109,8 @@ class SeededMaskGenerator(SamAutomaticMaskGenerator):
         seed_sigma: float = 2.0,
         seed_min_distance: int = 3,
         seed_threshold: float = 0.2,
+        seed_passes: int = 2,
+        second_pass_max_overlap: float = 0.3,
         points_per_batch: int = 64,
         pred_iou_thresh: float = 0.4,
         stability_score_thresh: float = 0.0,
@@ -95,6 +135,12 @@ class SeededMaskGenerator(SamAutomaticMaskGenerator):
             progress_callback=progress_callback,
         )
         find_seeds(np.zeros((2, 2), np.uint8), seed_sigma, seed_min_distance, seed_threshold)  # validate
+        if seed_passes not in (1, 2):
+            raise ValueError(f"seed_passes must be 1 or 2, got {seed_passes}.")
+        if not 0.0 <= second_pass_max_overlap <= 1.0:
+            raise ValueError(f"second_pass_max_overlap must lie in [0, 1], got {second_pass_max_overlap}.")
+        self.seed_passes = seed_passes
+        self.second_pass_max_overlap = second_pass_max_overlap
         self.seed_sigma = seed_sigma
         self.seed_min_distance = seed_min_distance
         self.seed_threshold = seed_threshold
@@ -123,19 +169,80 @@ class SeededMaskGenerator(SamAutomaticMaskGenerator):
         cancel: Cancel = None,
         **prepare_kwargs: Any,
     ) -> AmgState:
-        """Find the seeds of ``image``, then run the model on them (see the grid generator's)."""
+        """Find the seeds of ``image``, then run the model on them (see the grid generator's);
+        with two passes, then on the centres of the bright regions left uncovered."""
         prepared = prepare_image(image, **prepare_kwargs)
         h, w = prepared.shape[:2]
+        callback = progress_callback or self.progress_callback
+        if self.seed_passes == 2 and embedding is None:  # both passes use one embedding
+            self.predictor.set_image(prepared)
+            embedding = self.predictor.get_embedding()
+            self.predictor.reset_image()
         # the generator scales its grids by the image size; a pixel's centre is at +0.5
         self.point_grids = [(self.seeds(prepared) + 0.5) / np.array([w, h], dtype=np.float64)]
-        return super().initialize(
+        share = 1.0 if self.seed_passes == 1 else 0.8
+        state = super().initialize(
             prepared,
             pred_iou_floor=pred_iou_floor,
             stability_floor=stability_floor,
             embedding=embedding,
-            progress_callback=progress_callback,
+            progress_callback=_scaled(callback, 0.0, share),
             cancel=cancel,
         )
+        if self.seed_passes == 2:
+            first = self._filter_binary(state)
+            covered = np.zeros((h, w), dtype=bool)
+            for record in first:
+                covered |= record["segmentation"]
+            bright = bright_mask(prepared, self.seed_sigma, self.seed_threshold)
+            points = uncovered_seeds(bright, covered)
+            self.point_grids = [(points + 0.5) / np.array([w, h], dtype=np.float64)]
+            state.extra["second_pass"] = super().initialize(
+                prepared,
+                pred_iou_floor=pred_iou_floor,
+                stability_floor=stability_floor,
+                embedding=embedding,
+                progress_callback=_scaled(callback, share, 1.0),
+                cancel=cancel,
+            )
+        return state
+
+    def _filter_binary(self, state: AmgState, **thresholds: Any) -> list[dict[str, Any]]:
+        return super().generate_from_state(state, **{**thresholds, "output_mode": "binary_mask"})
+
+    def generate_from_state(self, state: AmgState, **thresholds: Any) -> list[dict[str, Any]]:
+        """Filter the candidates of ``state`` (no model call; see the grid generator's); the second
+        pass's masks are added where they overlap the first pass's by less than
+        ``second_pass_max_overlap`` of their own area."""
+        second = state.extra.get("second_pass")
+        if second is None:
+            return super().generate_from_state(state, **thresholds)
+        first = self._filter_binary(state, **thresholds)
+        extra = self._filter_binary(second, **thresholds)
+        covered = np.zeros(state.image_size, dtype=bool)
+        for record in first:
+            covered |= record["segmentation"]
+        keep = [
+            i
+            for i, record in enumerate(extra)
+            if (record["segmentation"] & covered).sum() < self.second_pass_max_overlap * record["area"]
+        ]
+        mode = thresholds.get("output_mode") or self.output_mode
+        if mode != "binary_mask":  # the same records, encoded as asked
+            first = super().generate_from_state(state, **thresholds)
+            extra = super().generate_from_state(second, **thresholds)
+        return first + [extra[i] for i in keep]
+
+
+def _scaled(callback: ProgressCallback | None, start: float, end: float) -> ProgressCallback | None:
+    """A progress callback that maps (done, total) of one pass onto [start, end] of 1000 steps."""
+    if callback is None:
+        return None
+
+    def report(done: int, total: int) -> None:
+        callback(int(1000 * (start + (end - start) * done / max(1, total))), 1000)
+
+    return report
 
 
 #: Constructor arguments that only the grid generator has.
@@ -148,7 +255,7 @@ GRID_ONLY = (
     "crop_n_points_downscale_factor",
 )
 #: Constructor arguments that only the seeded generator has.
-SEEDS_ONLY = ("seed_sigma", "seed_min_distance", "seed_threshold")
+SEEDS_ONLY = ("seed_sigma", "seed_min_distance", "seed_threshold", "seed_passes", "second_pass_max_overlap")
 
 
 def generator_for_model(
