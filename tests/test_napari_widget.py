@@ -7,6 +7,7 @@ Wiring tests use the tiny random-weight model (fast; masks are arbitrary). Quali
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -441,6 +442,37 @@ def test_annotate_opens_the_widget(make_napari_viewer):
     widget = sn.annotate(np.zeros((64, 64), np.uint16), viewer=viewer, model=tiny_model(), name="blank")
     assert widget.image.value is viewer.layers["blank"]
     assert widget.session is not None and widget.session.model_name in ("tiny", "custom")
+
+
+def test_annotate_takes_a_file_a_layer_and_a_checkpoint_path(make_napari_viewer, qtbot, tmp_path):
+    import tifffile
+
+    import sam_plugins.napari as sn
+    from sam_plugins.models.checkpoints import save_checkpoint
+    from sam_plugins.models.configs import TINY, build_sam
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "nuclei.tif"
+    tifffile.imwrite(path, (rng.random((64, 72)) * 4000).astype(np.uint16))
+    checkpoint = save_checkpoint(tmp_path / "tiny.pt", build_sam(TINY), {})
+    viewer = make_napari_viewer(show=True)
+    widget = sn.annotate(path, viewer=viewer, model=str(checkpoint))
+    assert widget.image.value.name == "nuclei" and widget.image.value.data.shape == (64, 72)
+    assert not widget.checkpoint.native.isHidden() and Path(widget.checkpoint.value) == checkpoint
+    widget.add_point((30, 30))
+    wait_idle(qtbot, widget)
+    assert widget.session.has_embedding(0) and widget.current_layer.data.shape == (64, 72)
+    # a checkpoint that is not there: a notification naming it, no traceback, nothing loaded
+    before = len(notifications())
+    widget.checkpoint.value = tmp_path / "missing.pt"
+    widget.clear()
+    widget.add_point((20, 20))
+    wait_idle(qtbot, widget)
+    assert any("missing.pt" in m for m in notifications()[before:])
+    # an Image layer already in another viewer's list
+    other = make_napari_viewer(show=True)
+    layer = other.add_image(np.zeros((32, 32), np.uint8), name="given")
+    assert sn.annotate(layer, viewer=other, model=tiny_model()).image.value is layer
 
 
 @requires_embedded_model
