@@ -274,7 +274,7 @@ def test_training_steps_lower_the_loss():
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path):
+def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path, monkeypatch):
     """precision = "bf16": the forward pass under bfloat16 autocast (points, corrections, the auxiliary
     loss) still learns, and the weights, gradients and the written checkpoint stay float32."""
     from sam_plugins.training.aux_head import DenseAuxHead
@@ -326,8 +326,13 @@ def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path):
             "precision": "bf16",
         }
     )
-    state = torch.load(train(run, log=lambda s: None), map_location="cpu", weights_only=True)["model"]
+    from sam_plugins.training import trainer
+
+    said: list[str] = []
+    monkeypatch.setattr(trainer, "cpu_lacks_bf16", lambda: True)  # a CPU without bf16 instructions
+    state = torch.load(train(run, log=said.append), map_location="cpu", weights_only=True)["model"]
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    assert any("no bfloat16 instructions" in line for line in said)
     with pytest.raises(ValueError, match="precision"):
         train(TrainConfig.from_dict({**run.to_dict(), "precision": "fp16"}), log=lambda s: None)
 

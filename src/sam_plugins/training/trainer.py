@@ -489,6 +489,15 @@ def training_autocast(config: TrainConfig, device: torch.device | str) -> torch.
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
 
 
+def cpu_lacks_bf16() -> bool:
+    """True when /proc/cpuinfo shows no bfloat16 instructions (AVX512-BF16, AMX); False if unknown."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "flags" in flags and not any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
 def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> Path:
     """Train (or resume) a run in `config.run_dir`; returns the path of the final `model.pt`."""
     if config.threads > 0:
@@ -501,6 +510,8 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: several times faster on recent GPUs
     autocast = training_autocast(config, device)
+    if config.precision == "bf16" and device.type == "cpu" and cpu_lacks_bf16():
+        log("warning: this CPU has no bfloat16 instructions; bf16 runs several times slower than fp32")
     model = build_model(config).to(device)
     image_size = model.image_encoder.img_size
     aux_head = DenseAuxHead(model.config.prompt_embed_dim).to(device) if config.aux_weight > 0 else None
