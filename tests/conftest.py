@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 os.environ.setdefault("FIFTYONE_DO_NOT_TRACK", "true")
 os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="sam-plugins-fo-db-"))
+# the widget's on-disk embedding cache: one per test session, never the user's
+os.environ["SAM_PLUGINS_EMBEDDING_DIR"] = tempfile.mkdtemp(prefix="sam-plugins-embeddings-")
 
 from reference import import_segment_anything  # noqa: E402
 from sam_plugins.models.builtin import EMBEDDED_MODEL_FILE  # noqa: E402

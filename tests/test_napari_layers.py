@@ -238,6 +238,7 @@ class TilesOnly:
 
 
 def test_session_encodes_a_large_lazy_plane_tile_by_tile():
+    from sam_plugins.embeddings import EmbeddingCache
     from sam_plugins.models.configs import TINY, build_sam
     from sam_plugins.napari._session import AnnotatorSession
     from sam_plugins.tiling import EmbeddingCancelled, TiledEmbeddings
@@ -247,7 +248,7 @@ def test_session_encodes_a_large_lazy_plane_tile_by_tile():
     data = TilesOnly(planes, max_pixels=256 * 256)  # one tiny-model input: tile 192 + 2 x 32 halo
     source = ImageSource.from_layer(fake_layer(data), axis="Z")
     assert source.is_lazy and source.is_stack and not ImageSource.from_layer(fake_layer(planes)).is_lazy
-    session = AnnotatorSession(build_sam(TINY).eval(), source, cache=None)
+    session = AnnotatorSession(build_sam(TINY).eval(), source, cache=EmbeddingCache())  # memory only
     assert session.tiling == ((192, 192), (32, 32))
     assert session.embedding_steps(1) == 36
     seen = []
