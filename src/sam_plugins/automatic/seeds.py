@@ -23,7 +23,8 @@ from scipy import ndimage
 from skimage.feature import peak_local_max
 
 from ..images import prepare_image
-from .generator import AmgState, Cancel, ProgressCallback, SamAutomaticMaskGenerator
+from .generator import OUTPUT_MODES, AmgState, Cancel, ProgressCallback, SamAutomaticMaskGenerator
+from .rle import coco_encode_rle, mask_to_rle_pytorch
 
 
 def find_seeds(
@@ -47,25 +48,35 @@ def find_seeds(
         raise ValueError(f"min_distance must be >= 1, got {min_distance}.")
     if not 0.0 <= threshold < 1.0:
         raise ValueError(f"threshold must lie in [0, 1), got {threshold}.")
-    gray = prepare_image(image, **prepare_kwargs).astype(np.float32).mean(axis=-1)
-    smooth = ndimage.gaussian_filter(gray, sigma)
-    low, high = np.percentile(smooth, [5.0, 99.5])
-    if high <= low:  # a flat image has no blobs
+    smooth, floor = _smoothed_floor(prepare_image(image, **prepare_kwargs), sigma, threshold)
+    if floor is None:  # a flat image has no blobs
         return np.zeros((0, 2), dtype=np.float64)
-    floor = low + threshold * (high - low)
     peaks = peak_local_max(smooth, min_distance=int(min_distance), threshold_abs=floor, exclude_border=False)
     order = np.argsort(-smooth[peaks[:, 0], peaks[:, 1]], kind="stable")
     return peaks[order, ::-1].astype(np.float64)
 
 
+def _smoothed_floor(rgb: np.ndarray, sigma: float, threshold: float) -> tuple[np.ndarray, float | None]:
+    """The colour-averaged ``rgb`` (model input) smoothed by ``sigma`` px, and the brightness a seed
+    must exceed: ``threshold`` of the 5th-99.5th percentile range above the 5th (None if flat)."""
+    smooth = ndimage.gaussian_filter(rgb.astype(np.float32).mean(axis=-1), sigma)
+    low, high = np.percentile(smooth, [5.0, 99.5])
+    return smooth, (low + threshold * (high - low) if high > low else None)
+
+
 def bright_mask(image: np.ndarray, sigma: float = 2.0, threshold: float = 0.2) -> np.ndarray:
     """Pixels of ``image`` (already :func:`prepare_image`-d) brighter than the seed floor of
     :func:`find_seeds` after the same smoothing: where objects can be."""
-    smooth = ndimage.gaussian_filter(image.astype(np.float32).mean(axis=-1), sigma)
-    low, high = np.percentile(smooth, [5.0, 99.5])
-    if high <= low:
-        return np.zeros(smooth.shape, dtype=bool)
-    return smooth > low + threshold * (high - low)
+    smooth, floor = _smoothed_floor(image, sigma, threshold)
+    return smooth > floor if floor is not None else np.zeros(smooth.shape, dtype=bool)
+
+
+def _union(records: list[dict[str, Any]], shape: tuple[int, ...]) -> np.ndarray:
+    """Pixels covered by any binary-mask record."""
+    covered = np.zeros(shape, dtype=bool)
+    for record in records:
+        covered |= record["segmentation"]
+    return covered
 
 
 def uncovered_seeds(bright: np.ndarray, covered: np.ndarray, min_area: int = 20) -> np.ndarray:
@@ -190,12 +201,8 @@ class SeededMaskGenerator(SamAutomaticMaskGenerator):
             cancel=cancel,
         )
         if self.seed_passes == 2:
-            first = self._filter_binary(state)
-            covered = np.zeros((h, w), dtype=bool)
-            for record in first:
-                covered |= record["segmentation"]
-            bright = bright_mask(prepared, self.seed_sigma, self.seed_threshold)
-            points = uncovered_seeds(bright, covered)
+            covered = _union(self._filter_binary(state), (h, w))
+            points = uncovered_seeds(bright_mask(prepared, self.seed_sigma, self.seed_threshold), covered)
             self.point_grids = [(points + 0.5) / np.array([w, h], dtype=np.float64)]
             state.extra["second_pass"] = super().initialize(
                 prepared,
@@ -219,19 +226,17 @@ class SeededMaskGenerator(SamAutomaticMaskGenerator):
             return super().generate_from_state(state, **thresholds)
         first = self._filter_binary(state, **thresholds)
         extra = self._filter_binary(second, **thresholds)
-        covered = np.zeros(state.image_size, dtype=bool)
-        for record in first:
-            covered |= record["segmentation"]
-        keep = [
-            i
-            for i, record in enumerate(extra)
-            if (record["segmentation"] & covered).sum() < self.second_pass_max_overlap * record["area"]
-        ]
+        covered = _union(first, state.image_size)
+        limit = self.second_pass_max_overlap
+        records = first + [r for r in extra if (r["segmentation"] & covered).sum() < limit * r["area"]]
         mode = thresholds.get("output_mode") or self.output_mode
-        if mode != "binary_mask":  # the same records, encoded as asked
-            first = super().generate_from_state(state, **thresholds)
-            extra = super().generate_from_state(second, **thresholds)
-        return first + [extra[i] for i in keep]
+        if mode not in OUTPUT_MODES:
+            raise ValueError(f"Unknown output_mode {mode!r}; use one of {OUTPUT_MODES}.")
+        if mode != "binary_mask" and records:  # the same records, encoded as asked
+            masks = torch.from_numpy(np.stack([r["segmentation"] for r in records]))
+            for record, rle in zip(records, mask_to_rle_pytorch(masks), strict=True):
+                record["segmentation"] = coco_encode_rle(rle) if mode == "coco_rle" else rle
+        return records
 
 
 def _scaled(callback: ProgressCallback | None, start: float, end: float) -> ProgressCallback | None:
