@@ -1,27 +1,17 @@
-"""Training recipe: losses, prompt simulation, data loading, a few steps, fine-tune round trip."""
+"""Training recipe, whole steps: the loss falls, configs, resume, fine-tune round trip, devices, input sizes.
+
+Losses, prompt simulation and datasets: test_training_data.py."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-import tifffile
 import torch
-from PIL import Image
 
 from sam_plugins.models.configs import TINY, SamConfig, build_sam
-from sam_plugins.training.data import FolderDataset, check_labels, make_example
-from sam_plugins.training.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
-from sam_plugins.training.prompts import (
-    block_reduce_mask,
-    box_from_mask,
-    jitter_boxes,
-    sample_correction_points,
-    sample_positive_points,
-)
 from sam_plugins.training.trainer import (
     TrainConfig,
     draw_examples,
@@ -31,206 +21,9 @@ from sam_plugins.training.trainer import (
     save_checkpoint,
     train,
 )
+from training_helpers import disk_scene, one_thread, write_pair  # noqa: F401 (one_thread: autouse)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a busy shared CPU, two threads per process are many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    return (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
-
-
-def disk_scene(rng: np.random.Generator, size: int = 128, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    labels = np.zeros((size, size), np.int32)
-    for i in range(n):
-        cy, cx = rng.integers(15, size - 15, 2)
-        labels[disk(labels.shape, cy, cx, rng.integers(6, 14)) & (labels == 0)] = i + 1
-    image = (rng.normal(30, 5, labels.shape) + 150 * (labels > 0)).clip(0, 255).astype(np.uint8)
-    return image, labels
-
-
-# --- losses --------------------------------------------------------------------------------------
-
-
-def test_focal_loss_hand_computed():
-    logits = torch.tensor([[[0.0, 2.0]]])
-    targets = torch.tensor([[[1.0, 0.0]]])
-    p2 = 1 / (1 + math.exp(-2))
-    pos = math.log(2) * 0.5**2  # p = 0.5, target 1
-    neg = math.log(1 + math.exp(2)) * p2**2  # target 0: ce = -log(1 - p), weight p ** 2
-    assert sigmoid_focal_loss(logits, targets).item() == pytest.approx((pos + neg) / 2, rel=1e-5)
-    weighted = (0.25 * pos + 0.75 * neg) / 2
-    assert sigmoid_focal_loss(logits, targets, alpha=0.25).item() == pytest.approx(weighted, rel=1e-5)
-
-
-def test_dice_and_iou_hand_computed():
-    logits = torch.tensor([[[0.0, 0.0], [10.0, -10.0]]])
-    targets = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
-    p = torch.sigmoid(logits)
-    inter = 0.5 + float(p[0, 1, 0])
-    total = 0.5 + 0.5 + float(p[0, 1, 0]) + float(p[0, 1, 1]) + 2
-    assert dice_loss(logits, targets).item() == pytest.approx(1 - (2 * inter + 1) / (total + 1), rel=1e-6)
-    # binarised at 0: prediction {(1,0)}, target {(0,0),(1,0)} -> IoU 1/2
-    assert mask_iou(logits, targets).item() == pytest.approx(0.5)
-    assert mask_iou(torch.full((1, 2, 2), -5.0), torch.zeros(1, 2, 2)).item() == 1.0
-
-
-def test_sam_loss_takes_best_of_multimask():
-    gt = torch.from_numpy(disk((16, 16), 8, 8, 5)).float()[None, None]  # (1, 1, 16, 16)
-    good = (gt[0, 0] * 2 - 1) * 20
-    logits = torch.stack([-good, good, torch.zeros_like(good)])[None]  # output 1 is right
-    iou_pred = torch.tensor([[0.0, 1.0, 0.0]])
-    out = sam_loss(logits, iou_pred, gt)
-    assert out.best.tolist() == [1]
-    assert out.iou.item() == pytest.approx(1.0)
-    assert out.dice.item() < 0.01 and out.focal.item() < 1e-6
-    # IoU head target: real IoUs (0 for the inverted mask, 0 for the all-zero-logit mask, 1)
-    assert out.iou_mse.item() == pytest.approx(0.0, abs=1e-6)
-    worse = sam_loss(logits, torch.tensor([[1.0, 0.0, 1.0]]), gt)
-    assert worse.iou_mse.item() == pytest.approx(1.0)  # (1 + 1 + 1) / 3
-    # per-object normalisation: the batch loss is the mean of the objects' losses, whatever their size
-    targets = torch.stack([torch.from_numpy(disk((32, 32), 16, 16, r)).float() for r in (2, 14)])[:, None]
-    logits = torch.randn(2, 1, 32, 32)
-    pair = sam_loss(logits, torch.zeros(2, 1), targets).loss.item()
-    singles = [sam_loss(logits[i : i + 1], torch.zeros(1, 1), targets[i : i + 1]).loss.item() for i in (0, 1)]
-    assert pair == pytest.approx(sum(singles) / 2, rel=1e-6)
-
-
-def test_sam_loss_can_also_train_the_other_outputs():
-    gt = torch.from_numpy(disk((16, 16), 8, 8, 5)).float()[None, None]
-    good = (gt[0, 0] * 2 - 1) * 20
-    logits = torch.stack([-good, good, torch.zeros_like(good)])[None].requires_grad_()
-    iou_pred = torch.zeros(1, 3)
-    paper = sam_loss(logits, iou_pred, gt)
-    (grad,) = torch.autograd.grad(paper.loss, logits)
-    assert grad[0, 0].abs().sum() == 0 and grad[0, 2].abs().sum() == 0  # only the best output learns
-    both = sam_loss(logits, iou_pred, gt, other_outputs_weight=0.5)
-    assert both.best.tolist() == [1] and both.loss.item() > paper.loss.item()
-    (grad,) = torch.autograd.grad(both.loss, logits)
-    assert grad[0, 0].abs().sum() > 0 and grad[0, 2].abs().sum() > 0
-
-    # the added term is half the mean mask loss of the two others (IoU head left out)
-    def mask_loss(i: int) -> float:
-        return sam_loss(logits[:, i : i + 1], iou_pred[:, :1], gt, iou_weight=0.0).loss.item()
-
-    paper_masks = sam_loss(logits, iou_pred, gt, iou_weight=0.0).loss.item()
-    with_others = sam_loss(logits, iou_pred, gt, iou_weight=0.0, other_outputs_weight=0.5).loss.item()
-    assert with_others == pytest.approx(paper_masks + 0.5 * (mask_loss(0) + mask_loss(2)) / 2, rel=1e-5)
-
-
-# --- prompt simulation -----------------------------------------------------------------------------
-
-
-def test_positive_points_inside_and_interior():
-    rng = np.random.default_rng(0)
-    masks = np.stack([disk((64, 64), 20, 30, 10), disk((64, 64), 40, 10, 4), disk((64, 64), 0, 63, 9)])
-    for _ in range(20):
-        pts = sample_positive_points(masks, rng)
-        for m, (x, y) in zip(masks, pts, strict=True):
-            assert m[int(y), int(x)]
-    centred = np.array([sample_positive_points(masks[:1], rng, power=8)[0] for _ in range(50)])
-    uniform = np.array([sample_positive_points(masks[:1], rng, power=0)[0] for _ in range(50)])
-    # strong preference for the interior (uniform points in a disk of radius 10: mean distance ~6.7)
-    assert np.hypot(*(centred - [30, 20]).T).mean() < 3 < 5 < np.hypot(*(uniform - [30, 20]).T).mean()
-
-
-def test_boxes_jittered_within_bounds():
-    rng = np.random.default_rng(1)
-    masks = np.stack([disk((50, 60), 25, 30, 12), disk((50, 60), 2, 2, 5), disk((50, 60), 48, 58, 6)])
-    exact = jitter_boxes(masks, rng, noise=0.0)
-    assert exact[0].tolist() == box_from_mask(masks[0]).tolist() == [19, 14, 41, 36]
-    for _ in range(50):
-        boxes = jitter_boxes(masks, rng, noise=0.5, max_pixels=4)
-        assert (boxes[:, [0, 2]] >= 0).all() and (boxes[:, [0, 2]] <= 59).all()
-        assert (boxes[:, [1, 3]] >= 0).all() and (boxes[:, [1, 3]] <= 49).all()
-        assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
-        assert np.abs(boxes - exact).max() <= 4 + 1e-4
-    assert np.abs(jitter_boxes(masks, rng) - exact).max() > 0
-
-
-def test_correction_points_in_error_regions():
-    rng = np.random.default_rng(2)
-    gt = np.stack([disk((64, 64), 32, 32, 14), disk((64, 64), 32, 32, 6), disk((64, 64), 20, 20, 8)])
-    pred = np.stack([disk((64, 64), 32, 32, 6), disk((64, 64), 32, 32, 14), gt[2]])
-    for _ in range(10):
-        coords, labels = sample_correction_points(pred, gt, rng)
-        assert labels.tolist() == [1, 0, -1]  # FN larger, FP larger, no error
-        x, y = coords[0].astype(int)
-        assert gt[0, y, x] and not pred[0, y, x]
-        x, y = coords[1].astype(int)
-        assert pred[1, y, x] and not gt[1, y, x]
-    # low-res prediction against full-res truth: the click's cell is in the error region and the
-    # full-res pixel has the right ground-truth value
-    gt_full = np.stack([disk((128, 128), 64, 64, 30), disk((128, 128), 64, 64, 10)])
-    pred_low = np.stack([disk((32, 32), 16, 16, 3), disk((32, 32), 16, 16, 9)])
-    for _ in range(10):
-        coords, labels = sample_correction_points(pred_low, gt_full, rng)
-        gt_low = block_reduce_mask(gt_full, 4)
-        assert labels.tolist() == [1, 0]
-        for i, (x, y) in enumerate(coords.astype(int)):
-            assert gt_low[i, y // 4, x // 4] != pred_low[i, y // 4, x // 4]
-            assert gt_full[i, y, x] == bool(labels[i])
-
-
-# --- data ------------------------------------------------------------------------------------------
-
-
-def test_make_example_shapes_and_objects():
-    rng = np.random.default_rng(3)
-    image, labels = disk_scene(rng, 100)
-    ex = make_example(image.astype(np.uint16) * 40, labels, rng, image_size=128, max_objects=3, min_area=10)
-    assert ex.image.shape == (3, 128, 128) and ex.image.dtype == torch.float32
-    assert 1 <= len(ex.masks) <= 3 and ex.masks.shape[1:] == (128, 128)
-    assert all(m.sum() >= 10 for m in ex.masks)
-    assert make_example(image, np.zeros_like(labels), rng, image_size=128) is None
-
-
-def _write_pair(images: Path, labels: Path, name: str, image: np.ndarray, lab: np.ndarray) -> None:
-    images.mkdir(exist_ok=True)
-    labels.mkdir(exist_ok=True)
-    tifffile.imwrite(images / f"{name}.tif", image)
-    tifffile.imwrite(labels / f"{name}_labels.tif", lab)
-
-
-def test_folder_dataset_and_errors(tmp_path: Path):
-    rng = np.random.default_rng(4)
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    a_img, a_lab = disk_scene(rng, 64)
-    _write_pair(images, labels, "a", a_img, a_lab)
-    stack = np.stack([disk_scene(rng, 64)[1] for _ in range(3)])
-    stack[1] = 0  # an empty slice is skipped
-    _write_pair(images, labels, "b", np.stack([a_img] * 3), stack.astype(np.uint16))
-    Image.fromarray(a_img).save(images / "c.png")
-    Image.fromarray(a_lab.astype(np.uint8)).save(labels / "c.png")
-    ds = FolderDataset(images, labels)
-    assert len(ds) == 1 + 2 + 1
-    assert ds[0][1].dtype == np.int32
-
-    def error_for(img: np.ndarray, lab: np.ndarray, match: str) -> None:
-        d = tmp_path / f"case{len(list(tmp_path.iterdir()))}"
-        d.mkdir()
-        _write_pair(d / "i", d / "l", "x", img, lab)
-        with pytest.raises(ValueError, match=match):
-            FolderDataset(d / "i", d / "l")
-
-    error_for(a_img, a_lab[:32], "does not match")
-    error_for(a_img, np.zeros_like(a_lab), "no objects")
-    error_for(a_img, a_lab.astype(np.float32) + 0.5, "fractional")
-    error_for(a_img, np.stack([a_lab.astype(np.uint8)] * 3, -1), "RGB")
-    (images / "orphan.tif").write_bytes((images / "a.tif").read_bytes())
-    with pytest.raises(ValueError, match="orphan.tif"):
-        FolderDataset(images, labels)
-    with pytest.raises(ValueError, match="boolean"):
-        check_labels(a_lab > 0)
 
 
 # --- training ---------------------------------------------------------------------------------------
@@ -407,7 +200,7 @@ def test_finetune_save_reload_round_trip(tmp_path: Path):
     rng = np.random.default_rng(6)
     images, labels = tmp_path / "images", tmp_path / "labels"
     for i in range(4):
-        _write_pair(images, labels, f"img{i}", *disk_scene(rng, 96))
+        write_pair(images, labels, f"img{i}", *disk_scene(rng, 96))
     start = tmp_path / "start.pt"
     torch.manual_seed(0)
     recommended = {"pred_iou_thresh": 0.6, "stability_score_thresh": 0.85}
