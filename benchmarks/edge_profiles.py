@@ -2,6 +2,8 @@
 
     python benchmarks/edge_profiles.py --real img2d.tif                # embedded model, 3 generated images
     python benchmarks/edge_profiles.py --model runs/x/model.pt --real a.tif --real b.tif --generated 8
+    python benchmarks/edge_profiles.py --truth-only --generated 8 --seed 9100000 \
+        --synthetic '{"psf_sigma_range": [0.5, 2.8], "nuclei_dome_range": [0.02, 2.0]}'  # a candidate
 
 For every mask of the model's automatic segmentation (and, on generated images, every true outline)
 it takes the median intensity at each signed distance from the outline (negative = inside), scaled so
@@ -9,12 +11,16 @@ that the interior is 1 and the surroundings 0, and prints the median profile wit
 it crosses 80 %, 50 % and 20 %. Real images need no labels: the comparison is between the model's
 outlines on real and on generated images, and the generated true outlines say where the model should
 put them. A real profile outside the generated ones points at something the generator does not draw
-(docs/data-generator.md). Generated images use the tuning seeds (as `sam-plugins tune`).
+(docs/data-generator.md). Generated images use the tuning seeds (as `sam-plugins tune`) unless
+`--seed` says otherwise; `--synthetic` changes the generator's ranges (`SyntheticConfig` fields, JSON)
+and `--truth-only` measures the true outlines alone (no model: seconds per image), to compare
+candidate generators before training on one.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -85,29 +91,40 @@ def main() -> None:
     parser.add_argument("--real", type=Path, action="append", default=[], help="an unlabelled real image")
     parser.add_argument("--generated", type=int, default=3, help="generated nuclei images (tuning seeds)")
     parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=TUNING_SEED, help="seed of the first generated image")
+    parser.add_argument("--synthetic", default="{}", help="SyntheticConfig fields to change, as JSON")
+    parser.add_argument("--truth-only", action="store_true", help="generated true outlines only, no model")
     args = parser.parse_args()
 
     from sam_plugins.commands.segment import read_image
     from sam_plugins.training.synthetic import SyntheticConfig, generate_sample
 
-    model = sam_plugins.load_model(args.model, device="cpu")
-    generator = generator_for_model(model)
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.synthetic).items()}
+    config = SyntheticConfig(**{"size": (args.size, args.size), "kind_weights": {"nuclei": 1.0}, **changes})
+    generator = None
+    if not args.truth_only:
+        generator = generator_for_model(sam_plugins.load_model(args.model, device="cpu"))
 
     def model_masks(image: np.ndarray) -> list[np.ndarray]:
         return [record["segmentation"] for record in generator.generate(image)]
 
-    for path in args.real:
+    for path in [] if args.truth_only else args.real:
         image = read_image(path)
         report(f"real {path.name}, model masks", profiles(image, model_masks(image)))
     if args.generated:
-        config = SyntheticConfig(size=(args.size, args.size), kind_weights={"nuclei": 1.0})
         by_model, truth = [], []
         for i in range(args.generated):
-            sample = generate_sample(np.random.default_rng(TUNING_SEED + i), config)
-            by_model.append(profiles(sample.image, model_masks(sample.image)))
+            sample = generate_sample(np.random.default_rng(args.seed + i), config)
+            if generator is not None:
+                by_model.append(profiles(sample.image, model_masks(sample.image)))
             truth.append(profiles(sample.image, [sample.labels == k for k in np.unique(sample.labels)[1:]]))
-        report(f"{args.generated} generated, model masks", np.concatenate(by_model))
+        if by_model:
+            report(f"{args.generated} generated, model masks", np.concatenate(by_model))
         report(f"{args.generated} generated, true outlines", np.concatenate(truth))
+        widths = [
+            crossing(m, 0.2) - crossing(m, 0.8) for m in (np.nanmedian(t, axis=0) for t in truth if len(t))
+        ]
+        print(f"  20-80 width per generated image (true outlines): {np.round(sorted(widths), 1).tolist()} px")
 
 
 if __name__ == "__main__":

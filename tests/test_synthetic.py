@@ -256,3 +256,32 @@ def test_overlapping_contacts_are_brighter() -> None:
         return float(np.mean(vals))
 
     assert contact_contrast(1.0) > contact_contrast(0.0) + 0.1
+
+
+def test_nuclei_dome_and_edge_brightness() -> None:
+    """Nuclei can be flat-topped or domed, and bright or dim at the outline, as the ranges say."""
+
+    def rim_to_core(dome: float, edge: float) -> float:
+        cfg = _clean_nuclei(
+            **_PROFILE,
+            nuclei_dome_range=(dome, dome),
+            nuclei_edge_range=(edge, edge),
+            texture_range=(0.0, 0.0),
+            psf_sigma_range=(0.5, 0.5),
+            intensity_spread_range=(0.1, 0.1),
+            mitotic_range=(0.0, 0.0),
+        )
+        ratios = []
+        for seed in range(3):
+            s = generate_sample(np.random.default_rng(seed), cfg)
+            img, inside = s.image.astype(np.float64), s.labels > 0
+            depth = ndimage.distance_transform_edt(inside)
+            rim, core = (depth >= 2) & (depth <= 3), depth >= 8
+            if rim.any() and core.any():
+                ratios.append(img[rim].mean() / img[core].mean())
+        return float(np.mean(ratios))
+
+    flat, domed = rim_to_core(0.02, 0.7), rim_to_core(2.0, 0.7)
+    assert flat > 0.9  # a flat top keeps its brightness up to a couple of px from the outline
+    assert domed < flat - 0.1
+    assert rim_to_core(2.0, 0.4) < domed - 0.05  # a dimmer outline pulls the rim down further

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from sam_plugins.models.configs import TINY, SamConfig, build_sam
+from sam_plugins.training.synthetic import SyntheticConfig
 from sam_plugins.training.trainer import (
     TrainConfig,
     draw_examples,
@@ -158,9 +159,13 @@ def test_config_file_and_unknown_keys(tmp_path: Path):
     path.write_text(json.dumps({"stpes": 3}))
     with pytest.raises(ValueError, match="stpes"):
         TrainConfig.from_file(path)
-    # every shipped config parses
+    # every shipped config parses, names real generator fields and starts from a committed file
     for file in CONFIGS.glob("*.toml"):
-        TrainConfig.from_file(file)
+        config = TrainConfig.from_file(file)
+        if config.data == "synthetic":
+            SyntheticConfig(**config.synthetic)
+        if config.init_checkpoint:
+            assert (CONFIGS.parent / config.init_checkpoint).is_file(), (file.name, config.init_checkpoint)
 
 
 def test_train_resume_from_config(tmp_path: Path):

@@ -58,6 +58,10 @@ class SyntheticConfig:
     mitotic_range: Range = (0.0, 0.08)  # fraction of small, bright, condensed nuclei
     intensity_spread_range: Range = (0.1, 0.6)  # log-normal sigma of object brightness
     texture_range: Range = (0.0, 0.35)  # relative chromatin / cytoplasm texture
+    # nuclei: brightness left at the labelled outline (relative to the centre) and the exponent of
+    # the dome between centre and outline (near 0 = flat top, 1 = parabolic, higher = falls early)
+    nuclei_edge_range: Range = (0.55, 0.9)
+    nuclei_dome_range: Range = (0.02, 0.5)
     background_range: Range = (0.0, 0.35)  # background level relative to the median object
     gradient_range: Range = (0.0, 0.6)  # illumination non-uniformity (relative)
     autofluorescence_range: Range = (0.0, 0.3)  # smooth background structure (relative)
@@ -215,7 +219,7 @@ def _render_objects(
     spread = _uniform(rng, cfg.intensity_spread_range)
     bright = np.exp(rng.normal(0, spread, n))
     bright = np.where(lay["mitotic"], bright * rng.uniform(1.5, 4.0, n), bright)
-    g_scene = rng.uniform(0.2, 1.0) if kind == "cells" else rng.uniform(0.02, 0.5)
+    g_scene = rng.uniform(0.2, 1.0) if kind == "cells" else _uniform(rng, cfg.nuclei_dome_range)
     gamma = np.where(lay["mitotic"], 0.05, g_scene * rng.uniform(0.6, 1.4, n))
     tex_amp = _uniform(rng, cfg.texture_range) * rng.uniform(0.5, 1.5, n)
     tex_amp = np.where(lay["mitotic"], tex_amp + 0.25, tex_amp)
@@ -224,7 +228,7 @@ def _render_objects(
     # brightness left at the outline: annotators draw nuclei where the blurred edge falls to
     # ~30-45 % of the plateau, so nuclei keep most of their brightness up to the outline; whole
     # cells thin out towards a dim periphery that still belongs to the cell
-    edge = rng.uniform(0.15, 0.6) if kind == "cells" else rng.uniform(0.55, 0.9)
+    edge = rng.uniform(0.15, 0.6) if kind == "cells" else _uniform(rng, cfg.nuclei_edge_range)
     edge = np.clip(edge + rng.normal(0, 0.05, n), 0.05, 0.95)
     dome = np.power(np.clip(1.0 - d2, 0.0, 1.0), _lut(gamma)[lab])
     profile = np.where(inside, _lut(edge)[lab] + (1.0 - _lut(edge)[lab]) * dome, 0.0)
