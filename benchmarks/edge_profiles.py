@@ -95,11 +95,13 @@ def main() -> None:
     parser.add_argument("--synthetic", default="{}", help="SyntheticConfig fields to change, as JSON")
     parser.add_argument("--truth-only", action="store_true", help="generated true outlines only, no model")
     args = parser.parse_args()
+    if args.truth_only and args.real:
+        parser.error("--truth-only measures generated images only; drop --real or --truth-only")
 
     from sam_plugins.commands.segment import read_image
     from sam_plugins.training.synthetic import SyntheticConfig, generate_sample
 
-    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(args.synthetic).items()}
+    changes = json.loads(args.synthetic)  # ranges as JSON lists, as in the training configs
     config = SyntheticConfig(**{"size": (args.size, args.size), "kind_weights": {"nuclei": 1.0}, **changes})
     generator = None
     if not args.truth_only:
@@ -108,7 +110,7 @@ def main() -> None:
     def model_masks(image: np.ndarray) -> list[np.ndarray]:
         return [record["segmentation"] for record in generator.generate(image)]
 
-    for path in [] if args.truth_only else args.real:
+    for path in args.real:
         image = read_image(path)
         report(f"real {path.name}, model masks", profiles(image, model_masks(image)))
     if args.generated:
