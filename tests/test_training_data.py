@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sam_plugins.training.data import FolderDataset, check_labels, make_example
+from sam_plugins.training.data import FolderDataset, check_labels, make_example, touching_ids
 from sam_plugins.training.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
 from sam_plugins.training.prompts import (
     block_reduce_mask,
@@ -19,6 +19,7 @@ from sam_plugins.training.prompts import (
     sample_correction_points,
     sample_positive_points,
 )
+from sam_plugins.training.trainer import TrainConfig
 from training_helpers import disk, disk_scene, one_thread, write_pair  # noqa: F401 (one_thread: autouse)
 
 # --- losses --------------------------------------------------------------------------------------
@@ -155,6 +156,32 @@ def test_make_example_shapes_and_objects():
     assert 1 <= len(ex.masks) <= 3 and ex.masks.shape[1:] == (128, 128)
     assert all(m.sum() >= 10 for m in ex.masks)
     assert make_example(image, np.zeros_like(labels), rng, image_size=128) is None
+
+
+def test_touching_objects_can_be_prompted_more_often():
+    # 4 touching squares in a row and 4 isolated ones, 64x64
+    labels = np.zeros((64, 64), np.int32)
+    for i in range(4):
+        labels[4:14, 4 + 10 * i : 14 + 10 * i] = i + 1
+        labels[40:50, 4 + 14 * i : 14 + 14 * i] = i + 5
+    image = np.where(labels > 0, 200, 20).astype(np.uint8)
+    assert touching_ids(labels).tolist() == [1, 2, 3, 4]
+
+    def touching_share(weight: float) -> float:
+        rng = np.random.default_rng(0)
+        picked = []
+        for _ in range(200):
+            ex = make_example(
+                image, labels, rng, image_size=64, max_objects=1, min_area=10, touching_weight=weight
+            )
+            picked.append(int(ex.labels[ex.masks[0]][0]) <= 4)
+        return float(np.mean(picked))
+
+    assert 0.4 < touching_share(1.0) < 0.6
+    assert touching_share(4.0) > 0.72  # expected 4 / 5
+    assert touching_share(0.25) < 0.28  # expected 1 / 5
+    with pytest.raises(ValueError, match="touching_weight"):
+        TrainConfig(model="tiny", touching_weight=0.0)
 
 
 def test_folder_dataset_and_errors(tmp_path: Path):

@@ -244,12 +244,14 @@ def make_example(
     min_area: int = 16,
     augment: AugmentConfig | None = None,
     channel: int | None = None,
+    touching_weight: float = 1.0,
 ) -> TrainExample | None:
     """Crop, augment and resize one pair to the model input; pick up to `max_objects` objects.
 
     The crop (default: image_size) is resized to image_size, labels with nearest neighbour.
-    Objects smaller than `min_area` pixels (after resizing) are not prompted. Returns None when
-    the crop has no usable object.
+    Objects smaller than `min_area` pixels (after resizing) are not prompted. With
+    `touching_weight` != 1 an object that touches another is picked that many times as often as an
+    isolated one. Returns None when the crop has no usable object.
     """
     labels = check_labels(labels)
     crop = crop_size or image_size
@@ -276,9 +278,22 @@ def make_example(
     keep = ids[(ids > 0) & (counts >= min_area)]
     if keep.size == 0:
         return None
-    chosen = rng.choice(keep, size=min(max_objects, keep.size), replace=False)
+    if touching_weight == 1.0:
+        chosen = rng.choice(keep, size=min(max_objects, keep.size), replace=False)
+    else:
+        weight = np.where(np.isin(keep, touching_ids(lab)), touching_weight, 1.0)
+        chosen = rng.choice(keep, size=min(max_objects, keep.size), replace=False, p=weight / weight.sum())
     masks = lab[None] == np.asarray(chosen)[:, None, None]
     return TrainExample(image=img_t.clamp(0, 255).contiguous(), masks=masks, labels=lab)
+
+
+def touching_ids(labels: np.ndarray) -> np.ndarray:
+    """Ids of the objects that share an edge (4-neighbourhood) with another object."""
+    ids = []
+    for a, b in ((labels[1:], labels[:-1]), (labels[:, 1:], labels[:, :-1])):
+        contact = (a != b) & (a > 0) & (b > 0)
+        ids += [a[contact], b[contact]]
+    return np.unique(np.concatenate(ids))
 
 
 def warn_small_dataset(n: int) -> None:

@@ -99,6 +99,7 @@ def draw_examples(
             min_area=config.min_area,
             augment=aug,
             channel=config.channel,
+            touching_weight=config.touching_weight if augment else 1.0,
         )
         if ex is not None:
             out.append(ex)

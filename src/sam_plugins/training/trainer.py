@@ -81,6 +81,7 @@ class TrainConfig:
     no_point_round_prob: float = 0.15
     box_prob: float = 0.4
     mask_prompt_prob: float = 0.05
+    touching_weight: float = 1.0  # training objects that touch another are picked this many times as often
     augment: dict = field(default_factory=dict)
     # optimisation
     steps: int = 2000
@@ -150,6 +151,8 @@ class TrainConfig:
             raise ValueError(
                 f"loss_upscale must be 1, 2 or 4 (times the low-res logits), got {self.loss_upscale!r}"
             )
+        if not self.touching_weight > 0:
+            raise ValueError(f"touching_weight must be > 0 (1 = uniform), got {self.touching_weight!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
