@@ -18,6 +18,7 @@ from sam_plugins.volumes import (
     StopCriteria,
     iter_propagate,
     mask_iou,
+    object_contrast,
     prompts_from_mask,
     propagate,
 )
@@ -145,6 +146,34 @@ def test_area_change_stops_propagation():
     assert stop.check(small, small, 1.0) is None
     assert StopCriteria(min_score=0.5).check(small, small, 0.3).startswith("score")
     assert StopCriteria(min_area=30).check(small, small, 1.0).startswith("area 25")
+
+
+def test_object_contrast_hand_computed():
+    plane = np.full((20, 20), 2.0)
+    mask = np.zeros((20, 20), bool)
+    mask[8:12, 8:12] = True
+    plane[mask] = 10.0
+    plane[0, 0] = 1000.0  # far outside the 2-5 px ring: ignored
+    assert object_contrast(plane, mask) == pytest.approx(8.0)
+    assert object_contrast(np.stack([plane, plane * 3], -1), mask) == pytest.approx(16.0)  # channel mean
+    assert object_contrast(plane, np.zeros_like(mask)) == 0.0
+
+
+def test_stops_where_the_object_fades_although_the_masks_go_on():
+    """Past a nucleus' end SAM keeps segmenting its out-of-focus glow (same place, same size), so
+    only the fading contrast shows that the object has ended."""
+    column = ellipsoid_volume((20, 48, 48), ((10, 24, 24, 100, 8, 8),))  # the same disk on every plane
+    oracle = OraclePredictor(column)
+    brightness = np.array([150.0] * 4 + [300.0, 600.0] + [1000.0] * 9 + [300.0, 150.0] + [120.0] * 3)
+    image = np.where(column > 0, brightness[:, None, None], 100.0).astype(np.uint16)
+    result = propagate(oracle.at, image, 10, column[10] > 0)
+    assert np.nonzero(result.mask.any(axis=(1, 2)))[0].tolist() == list(range(5, 15))
+    assert result.stop_reasons["up"].startswith("contrast 0.22")
+    assert result.stop_reasons["down"].startswith("contrast 0.22")
+    loose = propagate(oracle.at, image, 10, column[10] > 0, stop=StopCriteria(min_contrast=0))
+    assert loose.mask.any(axis=(1, 2)).all()
+    dark = np.where(column > 0, 20, 100).astype(np.uint16)  # not brighter than its surroundings
+    assert propagate(oracle.at, dark, 10, column[10] > 0).mask.any(axis=(1, 2)).all()
 
 
 def test_prompts_describe_the_mask():

@@ -3,7 +3,8 @@
 Segment the object in one plane, then walk plane by plane in both directions. Each step prompts
 SAM with what the previous plane's mask says about the object (its box, an interior point and,
 optionally, the previous low-resolution logits) and stops where the object ends: the new mask is
-empty, too small, overlaps the previous one too little (IoU), changes area too abruptly, or SAM's
+empty, too small, overlaps the previous one too little (IoU), changes area too abruptly, stands out
+from its surroundings much less than on the start plane (the object fades out of focus), or SAM's
 own quality score drops. Nothing here knows about napari; the widget runs `iter_propagate` in a
 worker and shows every plane as it arrives.
 
@@ -50,15 +51,25 @@ class StopCriteria:
     min_area: stop when the new mask has fewer pixels than this.
     max_area_change: stop when the area grows or shrinks by more than this factor (0 disables).
     min_score: stop when SAM's predicted IoU for the new mask is below this (0 disables).
+    min_contrast: stop when the object's contrast (mean intensity inside the mask minus the mean
+        in a ring 2-5 px outside it) falls below this fraction of its contrast on the start plane:
+        past a nucleus' end, out-of-focus glow still looks like an object to SAM (0 disables; the
+        check is skipped when the object is not brighter than its surroundings on the start plane).
     """
 
     iou_threshold: float = 0.5
     min_area: int = 10
     max_area_change: float = 2.5
     min_score: float = 0.0
+    min_contrast: float = 0.4
 
-    def check(self, prev: np.ndarray, new: np.ndarray, score: float) -> str | None:
-        """Why propagation stops at `new` (a short reason), or None to keep going."""
+    def check(
+        self, prev: np.ndarray, new: np.ndarray, score: float, contrast_ratio: float | None = None
+    ) -> str | None:
+        """Why propagation stops at `new` (a short reason), or None to keep going.
+
+        `contrast_ratio` is the new mask's contrast relative to the start plane's (None: unknown).
+        """
         area = int(new.sum())
         if area == 0:
             return "empty mask"
@@ -66,6 +77,8 @@ class StopCriteria:
             return f"area {area} < {self.min_area}"
         if self.min_score > 0 and score < self.min_score:
             return f"score {score:.2f} < {self.min_score:.2f}"
+        if self.min_contrast > 0 and contrast_ratio is not None and contrast_ratio < self.min_contrast:
+            return f"contrast {contrast_ratio:.2f} of the start plane's < {self.min_contrast:.2f}"
         prev_area = int(prev.sum())
         if self.max_area_change > 0 and prev_area > 0:
             ratio = area / prev_area
@@ -110,6 +123,34 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     """Intersection over union of two boolean masks (0 when both are empty)."""
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
+def object_contrast(plane: np.ndarray, mask: np.ndarray, ring: tuple[int, int] = (2, 5)) -> float:
+    """Mean intensity of `plane` inside `mask` minus the mean in a ring `ring` px outside it.
+
+    Multi-channel planes (Y, X, C) are averaged over channels. Returns 0 for an empty mask or ring.
+    """
+    ys, xs = np.nonzero(mask)
+    if len(ys) == 0:
+        return 0.0
+    pad = ring[1] + 1
+    y0, y1 = max(0, ys.min() - pad), min(mask.shape[0], ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(mask.shape[1], xs.max() + pad + 1)
+    m = mask[y0:y1, x0:x1]
+    values = np.asarray(plane[y0:y1, x0:x1], dtype=np.float64)
+    if values.ndim == 3:
+        values = values.mean(axis=-1)
+    outer = ndi.binary_dilation(m, iterations=ring[1]) & ~ndi.binary_dilation(m, iterations=ring[0])
+    if not outer.any():
+        return 0.0
+    return float(values[m].mean() - values[outer].mean())
+
+
+def _plane_values(volume: Any, z: int, channel: int | None) -> np.ndarray:
+    plane = np.asarray(volume[z])
+    if channel is not None and plane.ndim == 3:
+        plane = plane[..., channel]
+    return plane
 
 
 def prompts_from_mask(
@@ -216,8 +257,9 @@ def iter_propagate(
 ) -> Iterator[PlaneStep]:
     """Propagate `start_mask` (Y, X) from plane `start_slice`, yielding each plane as it is done.
 
-    `volume` is any (Z, Y, X[, C]) array-like indexed one plane at a time (numpy, dask, zarr);
-    it is only read when no provider is given. `slice_range` = (first, last), inclusive, limits
+    `volume` is any (Z, Y, X[, C]) array-like indexed one plane at a time (numpy, dask, zarr); its
+    planes are read for the contrast check (`stop.min_contrast`) and, when no provider is given,
+    for the predictor. `slice_range` = (first, last), inclusive, limits
     the planes visited. `use_logits` feeds the previous plane's low-resolution logits back as
     `mask_input` (from the second step on). Cancellation is checked before every plane.
     """
@@ -238,6 +280,9 @@ def iter_propagate(
         + (hi - start_slice if "up" in directions else 0)
     )
     done = 1
+    start_contrast = 0.0
+    if stop.min_contrast > 0:
+        start_contrast = object_contrast(_plane_values(volume, start_slice, channel), start_mask)
     yield PlaneStep(start_slice, start_mask, 1.0, "start", done=done, total=total)
     for way in directions:
         step = -1 if way == "down" else 1
@@ -251,7 +296,10 @@ def iter_propagate(
                 predictor, prev, logits if use_logits else None, prompt, box_margin
             )
             done += 1
-            reason = stop.check(prev, mask, score)
+            ratio = None
+            if start_contrast > 0 and mask.any():
+                ratio = object_contrast(_plane_values(volume, z, channel), mask) / start_contrast
+            reason = stop.check(prev, mask, score, ratio)
             if reason is not None:
                 yield PlaneStep(z, None, score, way, stop_reason=reason, done=done, total=total)
                 break

@@ -238,7 +238,8 @@ class ActionsMixin:
         if not lo <= plane <= hi:
             show_error(f"Segment Anything: the shown slice {plane} is outside the slice range {lo}–{hi}")
             return
-        stop, key = StopCriteria(iou_threshold=self.stop_iou.value), self._requested_model()
+        stop = StopCriteria(iou_threshold=self.stop_iou.value, min_contrast=self.stop_contrast.value)
+        key = self._requested_model()
         current = self.current_layer
         for k in ids:  # a new propagation replaces the old one inside the range
             block = current.data[lo : hi + 1]

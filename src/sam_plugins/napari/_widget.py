@@ -29,6 +29,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import QGroupBox, QScrollArea, QVBoxLayout, QWidget
 
+from ..volumes import StopCriteria
 from ._actions import ActionsMixin
 from ._layer_setup import LayersMixin, same_layer
 from ._layers import CommitRecord, ImageSource, guess_axis
@@ -194,6 +195,15 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
             value=0.5,
             tooltip="Stop when a slice's mask overlaps the previous one less",
         )
+        self.stop_contrast = FloatSpinBox(
+            label="Stop at contrast <",
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            value=StopCriteria().min_contrast,
+            tooltip="Stop when the object stands out from its surroundings by less than this fraction "
+            "of the start slice (out-of-focus glow past its end); 0 = off",
+        )
         self.propagate_button = PushButton(text="Propagate through stack (Shift-S)")
 
         content = QWidget()
@@ -234,7 +244,12 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
             )
         )
         self.volume_box = _group(
-            "3-D / time", self.range_start, self.range_end, self.stop_iou, self.propagate_button
+            "3-D / time",
+            self.range_start,
+            self.range_end,
+            self.stop_iou,
+            self.stop_contrast,
+            self.propagate_button,
         )
         layout.addWidget(self.volume_box)
         layout.addStretch(1)
