@@ -146,11 +146,23 @@ def object_contrast(plane: np.ndarray, mask: np.ndarray, ring: tuple[int, int] =
     return float(values[m].mean() - values[outer].mean())
 
 
-def _plane_values(volume: Any, z: int, channel: int | None) -> np.ndarray:
-    plane = np.asarray(volume[z])
-    if channel is not None and plane.ndim == 3:
-        plane = plane[..., channel]
-    return plane
+class _PlaneReader:
+    """Reads plane z of a (lazy) volume once, for both the predictor and the contrast check."""
+
+    def __init__(self, volume: Any, channel: int | None) -> None:
+        self.volume, self.channel = volume, channel
+        self._z: int | None = None
+        self._plane: np.ndarray | None = None
+
+    def raw(self, z: int) -> np.ndarray:
+        if z != self._z:
+            self._z, self._plane = z, np.asarray(self.volume[z])
+        return self._plane
+
+    def values(self, z: int) -> np.ndarray:
+        """Plane z's intensities: the chosen channel when there is one."""
+        plane = self.raw(z)
+        return plane[..., self.channel] if self.channel is not None and plane.ndim == 3 else plane
 
 
 def prompts_from_mask(
@@ -189,20 +201,20 @@ def prompts_from_mask(
     return prompts
 
 
-def _default_provider(predictor: Any, volume: Any, channel: int | None) -> PlaneProvider:
+def _default_provider(predictor: Any, planes: _PlaneReader) -> PlaneProvider:
     """Set plane `z` on `predictor` with `set_image`, converting it with `prepare_image`."""
     from .images import prepare_image
 
     def provider(z: int) -> Predictor:
-        predictor.set_image(prepare_image(np.asarray(volume[z]), channel=channel))
+        predictor.set_image(prepare_image(planes.raw(z), channel=planes.channel))
         return predictor
 
     return provider
 
 
-def _as_provider(predictor_or_provider: Any, volume: Any, channel: int | None) -> PlaneProvider:
+def _as_provider(predictor_or_provider: Any, planes: _PlaneReader) -> PlaneProvider:
     if hasattr(predictor_or_provider, "predict") and hasattr(predictor_or_provider, "set_image"):
-        return _default_provider(predictor_or_provider, volume, channel)
+        return _default_provider(predictor_or_provider, planes)
     if callable(predictor_or_provider):
         return predictor_or_provider
     raise TypeError("expected a predictor (with set_image/predict) or a callable provider(z) -> predictor")
@@ -272,7 +284,8 @@ def iter_propagate(
     start_mask = np.asarray(start_mask, dtype=bool)
     if not start_mask.any():
         raise ValueError("the start mask is empty: segment the object in the start slice first")
-    provider = _as_provider(predictor_or_provider, volume, channel)
+    planes = _PlaneReader(volume, channel)
+    provider = _as_provider(predictor_or_provider, planes)
     directions = {"both": ("down", "up"), "up": ("up",), "down": ("down",)}[direction]
     total = (
         1
@@ -282,7 +295,7 @@ def iter_propagate(
     done = 1
     start_contrast = 0.0
     if stop.min_contrast > 0:
-        start_contrast = object_contrast(_plane_values(volume, start_slice, channel), start_mask)
+        start_contrast = object_contrast(planes.values(start_slice), start_mask)
     yield PlaneStep(start_slice, start_mask, 1.0, "start", done=done, total=total)
     for way in directions:
         step = -1 if way == "down" else 1
@@ -298,7 +311,7 @@ def iter_propagate(
             done += 1
             ratio = None
             if start_contrast > 0 and mask.any():
-                ratio = object_contrast(_plane_values(volume, z, channel), mask) / start_contrast
+                ratio = object_contrast(planes.values(z), mask) / start_contrast
             reason = stop.check(prev, mask, score, ratio)
             if reason is not None:
                 yield PlaneStep(z, None, score, way, stop_reason=reason, done=done, total=total)
