@@ -79,6 +79,23 @@ def test_end_to_end_forward_matches(tiny_pair):
     assert not disagree.any() or ref_logits[disagree].abs().max() < 1e-3
 
 
+def test_training_forward_and_gradients_match_official():
+    """With gradients on (training) attention builds its whole map at once; embeddings and
+    the gradients of every encoder weight are still the official ones."""
+    official, ours = make_pair(TINY, seed=4)
+    x = torch.randn(2, 3, TINY.image_size, TINY.image_size, generator=torch.Generator().manual_seed(2)) * 60
+    target = torch.randn(2, TINY.prompt_embed_dim, 16, 16, generator=torch.Generator().manual_seed(3))
+    out = ours.image_encoder(x)
+    ref = official.image_encoder(x)
+    assert (out - ref).abs().max() <= TOL
+    (out * target).sum().backward()
+    (ref * target).sum().backward()
+    official_params = dict(official.image_encoder.named_parameters())
+    for name, param in ours.image_encoder.named_parameters():
+        expected = official_params[name].grad
+        assert (param.grad - expected).abs().max() <= TOL * max(1.0, expected.abs().max().item()), name
+
+
 @pytest.mark.parametrize(
     ("q_size", "k_size", "length"), [(14, 14, 27), (64, 64, 127), (32, 32, 127), (20, 20, 27)]
 )

@@ -184,6 +184,10 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(0)
         if not self.use_rel_pos:
             out = F.scaled_dot_product_attention(q, k, v)
+        elif torch.is_grad_enabled() and x.requires_grad:
+            # training: one batched matmul per step backpropagates far faster than the
+            # row-blocked fused calls (5x for the embedded model's encoder under bf16 on CPU)
+            out = attention_with_rel_pos_dense(q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w))
         else:
             out = attention_with_rel_pos(q, k, v, self.rel_pos_h, self.rel_pos_w, (h, w))
         out = out.transpose(1, 2).reshape(b, h, w, -1)
@@ -204,13 +208,9 @@ def attention_with_rel_pos(
     built for one head and one block of query rows at a time (at most ATTENTION_BIAS_ELEMENTS
     elements) and handed to PyTorch's fused attention as an additive mask.
     """
-    h, w = size
-    rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (h, kh, hd)
-    rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (w, kw, hd)
-    b, nh, length, hd = q.shape
-    r_q = q.reshape(b, nh, h, w, hd)
-    rel_h = torch.einsum("bnhwc,hkc->bnhwk", r_q, rh).reshape(b, nh, length, h)
-    rel_w = torch.einsum("bnhwc,wkc->bnhwk", r_q, rw).reshape(b, nh, length, w)
+    rel_h, rel_w = rel_pos_terms(q, rel_pos_h, rel_pos_w, size)
+    b, nh, length, _ = q.shape
+    rel_h, rel_w = rel_h.reshape(b, nh, length, -1), rel_w.reshape(b, nh, length, -1)
     rows = max(1, min(length, ATTENTION_BIAS_ELEMENTS // (b * length)))
     out = torch.empty_like(q)
     for head in range(nh):
@@ -224,6 +224,36 @@ def attention_with_rel_pos(
                 q[:, hs, start:stop], k[:, hs], v[:, hs], attn_mask=bias
             )
     return out
+
+
+def attention_with_rel_pos_dense(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """The same attention as `attention_with_rel_pos`, with the whole (B, nh, L, L) map built at
+    once, as the official code does. For training (small models, gradients needed): it costs
+    B * nh * L^2 elements of memory but runs as a few large matmuls."""
+    h, w = size
+    rel_h, rel_w = rel_pos_terms(q, rel_pos_h, rel_pos_w, size)
+    b, nh, length, hd = q.shape
+    attn = (q * hd**-0.5) @ k.transpose(-2, -1)
+    attn = attn.view(b, nh, h, w, h, w) + rel_h[..., :, None] + rel_w[..., None, :]
+    return attn.view(b, nh, length, length).softmax(dim=-1) @ v
+
+
+def rel_pos_terms(
+    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The decomposed bias terms (B, nh, h, w, kh) and (B, nh, h, w, kw) for (B, nh, L, hd) queries."""
+    h, w = size
+    rh = get_rel_pos(h, h, rel_pos_h).to(q.dtype)  # (h, kh, hd)
+    rw = get_rel_pos(w, w, rel_pos_w).to(q.dtype)  # (w, kw, hd)
+    r_q = q.reshape(*q.shape[:2], h, w, q.shape[-1])
+    return torch.einsum("bnhwc,hkc->bnhwk", r_q, rh), torch.einsum("bnhwc,wkc->bnhwk", r_q, rw)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
