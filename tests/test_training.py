@@ -131,6 +131,22 @@ def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path, mo
         train(TrainConfig.from_dict({**run.to_dict(), "precision": "fp16"}), log=lambda s: None)
 
 
+def test_auto_precision_follows_the_cpu(monkeypatch):
+    """precision = "auto": bf16 where the CPU has bfloat16 instructions, fp32 where it would be
+    emulated (several times slower) or the flags cannot be read."""
+    from sam_plugins.training import trainer
+
+    config = TrainConfig(precision="auto")
+    cases = {"flags\t: fpu avx2 avx512f amx_bf16 amx_tile": "bf16", "flags\t: fpu avx2": "fp32", "": "fp32"}
+    for flags, expected in cases.items():
+        monkeypatch.setattr(trainer, "cpu_flags", lambda flags=flags: flags)
+        assert trainer.resolve_precision("auto", "cpu") == expected
+        assert trainer.training_autocast(config, "cpu").fast_dtype == torch.bfloat16
+        with trainer.training_autocast(config, "cpu"):
+            assert torch.is_autocast_enabled("cpu") == (expected == "bf16")
+    assert trainer.resolve_precision("fp32", "cpu") == "fp32"
+
+
 def test_loss_on_upsampled_logits_trains_and_checks_its_factor():
     """loss_upscale = 2: the mask loss on 2x-upsampled logits against 2x finer targets still learns
     (points, corrections); factors other than 1, 2, 4 are refused when the config is made."""

@@ -45,6 +45,7 @@ __all__ = [  # the data-source helpers live in sources.py; importable from here 
     "lr_factor",
     "make_optimizer",
     "make_sources",
+    "resolve_precision",
     "save_checkpoint",
     "split_dataset",
     "train",
@@ -108,8 +109,9 @@ class TrainConfig:
     # which teaches where the outline runs between low-res pixels
     loss_upscale: int = 1
     # "fp32", or "bf16": the forward pass under bfloat16 autocast (matmuls and convolutions in bf16,
-    # weights, gradients, optimizer state and the loss in fp32); ~1.5x the steps per second on CPUs
-    # with AVX512-BF16 and on recent GPUs
+    # weights, gradients, optimizer state and the loss in fp32); 1.5-2.5x the steps per second on
+    # CPUs with AVX512-BF16 or AMX and on recent GPUs, several times slower on CPUs without them;
+    # "auto": bf16 where the device has bfloat16 instructions, else fp32
     precision: str = "fp32"
     # bookkeeping
     seed: int = 0
@@ -145,8 +147,8 @@ class TrainConfig:
         return cls(**data)
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         if self.loss_upscale not in (1, 2, 4):
             raise ValueError(
                 f"loss_upscale must be 1, 2 or 4 (times the low-res logits), got {self.loss_upscale!r}"
@@ -420,18 +422,39 @@ def make_optimizer(
 
 
 def training_autocast(config: TrainConfig, device: torch.device | str) -> torch.autocast:
-    """The context the forward pass and loss run in: bfloat16 autocast for precision "bf16"."""
-    device_type = torch.device(device).type
-    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    """The context the forward pass and loss run in: bfloat16 autocast where the precision
+    (resolved for `device`, see `resolve_precision`) is "bf16"."""
+    device = torch.device(device)
+    enabled = resolve_precision(config.precision, device) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """ "fp32" or "bf16" for a configured precision: "auto" is bf16 on a CUDA device that supports
+    it and on a CPU with bfloat16 instructions (AVX512-BF16, AMX), fp32 elsewhere."""
+    if precision != "auto":
+        return precision
+    device = torch.device(device)
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "fp32" if cpu_lacks_bf16() or not cpu_flags() else "bf16"
+    return "fp32"
+
+
+def cpu_flags() -> str:
+    """The CPU feature flags as /proc/cpuinfo lists them; "" where that cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    return next((line for line in text.splitlines() if line.startswith("flags")), "")
 
 
 def cpu_lacks_bf16() -> bool:
-    """True when /proc/cpuinfo shows no bfloat16 instructions (AVX512-BF16, AMX); False if unknown."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "flags" in flags and not any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+    """True when the CPU flags show no bfloat16 instructions (AVX512-BF16, AMX); False if unknown."""
+    flags = cpu_flags()
+    return bool(flags) and not any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> Path:
@@ -446,7 +469,9 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 matmuls: several times faster on recent GPUs
     autocast = training_autocast(config, device)
-    if config.precision == "bf16" and device.type == "cpu" and cpu_lacks_bf16():
+    if config.precision == "auto":
+        log(f"precision: {resolve_precision('auto', device)} (auto, on {device.type})")
+    elif config.precision == "bf16" and device.type == "cpu" and cpu_lacks_bf16():
         log("warning: this CPU has no bfloat16 instructions; bf16 runs several times slower than fp32")
     model = build_model(config).to(device)
     image_size = model.image_encoder.img_size
