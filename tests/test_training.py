@@ -68,6 +68,38 @@ def test_training_steps_lower_the_loss():
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_box_prompts_are_jittered_by_box_noise(monkeypatch):
+    """Box rounds prompt each object with its tight box moved by `box_noise` x the box side (std, at
+    most 20 px): exact boxes at 0, boxes off by a few px at the paper's 0.1."""
+    from sam_plugins.training.prompts import box_from_mask
+    from sam_plugins.training.trainer import build_model
+
+    rng = np.random.default_rng(3)
+    scenes = [disk_scene(rng, 128)]
+
+    def boxes_prompted(noise: float) -> tuple[np.ndarray, np.ndarray]:
+        config = TrainConfig(model="tiny", objects_per_image=4, rounds=1, box_prob=1.0, box_noise=noise)
+        model = build_model(config)
+        examples = draw_examples(scenes, np.random.default_rng(0), 1, config, 256, augment=False)
+        seen = []
+        encode = model.prompt_encoder.forward
+
+        def recording(points, boxes, masks):
+            seen.append(boxes.detach().cpu().numpy())
+            return encode(points, boxes, masks)
+
+        monkeypatch.setattr(model.prompt_encoder, "forward", recording)
+        interactive_loss(model, examples, np.random.default_rng(1), config)
+        return seen[0], np.stack([box_from_mask(m) for m in examples[0].masks])
+
+    got, tight = boxes_prompted(0.0)
+    assert got.shape == tight.shape and np.allclose(got, tight)
+    got, tight = boxes_prompted(0.1)
+    assert 0 < np.abs(got - tight).max() <= 20
+    with pytest.raises(ValueError, match="box_noise"):
+        TrainConfig(model="tiny", box_noise=-0.1)
+
+
 def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path, monkeypatch):
     """precision = "bf16": the forward pass under bfloat16 autocast (points, corrections, the auxiliary
     loss) still learns, and the weights, gradients and the written checkpoint stay float32."""

@@ -81,6 +81,9 @@ class TrainConfig:
     rounds: int = 3
     no_point_round_prob: float = 0.15
     box_prob: float = 0.4
+    # std of the box corners' jitter as a fraction of the box side (the paper's 0.1, at most 20 px);
+    # smaller = the model learns to trust a tight box more
+    box_noise: float = 0.1
     mask_prompt_prob: float = 0.05
     touching_weight: float = 1.0  # training objects that touch another are picked this many times as often
     augment: dict = field(default_factory=dict)
@@ -155,6 +158,8 @@ class TrainConfig:
             )
         if not self.touching_weight > 0:
             raise ValueError(f"touching_weight must be > 0 (1 = uniform), got {self.touching_weight!r}")
+        if not 0 <= self.box_noise <= 0.5:
+            raise ValueError(f"box_noise must be in [0, 0.5] (of the box side), got {self.box_noise!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -258,7 +263,7 @@ def interactive_loss(
         first = sample_positive_points(gt, rng)
         coords, labels = _stack_points(None, None, first, np.ones(len(gt), np.int64), device)
     elif mode == "box":
-        boxes = torch.from_numpy(jitter_boxes(gt, rng)).to(device)
+        boxes = torch.from_numpy(jitter_boxes(gt, rng, noise=config.box_noise)).to(device)
     else:
         mask_in = torch.from_numpy(mask_prompt_from_gt(gt_low[:, 0].numpy() > 0.5, rng)).to(device)
 
