@@ -1,4 +1,4 @@
-"""`sam-plugins train` (a config file) and `sam-plugins finetune` (folders of images and labels)."""
+"""`sam-plugins train` (a config file), `finetune` (folders of images and labels) and `average`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `train` and `finetune` commands."""
+    """Add the `train`, `train-curve`, `finetune` and `average` commands."""
     p = subparsers.add_parser(
         "train",
         help="train a SAM model from a TOML/JSON config (see configs/)",
@@ -58,6 +58,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--no-progress", action="store_true", help="no progress bar")
     f.set_defaults(func=_run_finetune)
 
+    a = subparsers.add_parser(
+        "average",
+        help="average the weights of checkpoints of one architecture (a weight soup)",
+        description="Write a checkpoint whose weights are the weighted mean of the given ones, e.g. "
+        "a fine-tuned model and the model it started from (keeps more of the start's generality).",
+    )
+    a.add_argument("checkpoints", nargs="+", help="two or more checkpoint files of one architecture")
+    a.add_argument("--weights", type=float, nargs="+", help="one weight per checkpoint (default: equal)")
+    a.add_argument("--out", required=True, help="output checkpoint file (.pt)")
+    a.set_defaults(func=_run_average)
+
 
 def _run_train(args: argparse.Namespace) -> int:
     from .trainer import TrainConfig, train
@@ -106,6 +117,18 @@ def _run_finetune(args: argparse.Namespace) -> int:
         out = out.with_suffix(".pt")
     shutil.copyfile(path, out)
     print(out)
+    return 0
+
+
+def _run_average(args: argparse.Namespace) -> int:
+    from .averaging import save_average
+
+    out = Path(args.out)
+    if out.suffix == "":
+        out = out.with_suffix(".pt")
+    if out.resolve() in {Path(p).resolve() for p in args.checkpoints}:
+        raise ValueError(f"--out {out} is one of the inputs; write the average to a new file")
+    print(save_average(args.checkpoints, out, args.weights))
     return 0
 
 
