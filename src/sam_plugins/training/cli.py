@@ -64,7 +64,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Write a checkpoint whose weights are the weighted mean of the given ones, e.g. "
         "a fine-tuned model and the model it started from (keeps more of the start's generality).",
     )
-    a.add_argument("checkpoints", nargs="+", help="two or more checkpoint files of one architecture")
+    a.add_argument(
+        "checkpoints",
+        nargs="+",
+        help="two or more checkpoint files or model names (default: the embedded model)",
+    )
     a.add_argument("--weights", type=float, nargs="+", help="one weight per checkpoint (default: equal)")
     a.add_argument("--out", required=True, help="output checkpoint file (.pt)")
     a.set_defaults(func=_run_average)
