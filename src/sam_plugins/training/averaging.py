@@ -20,6 +20,22 @@ from ..models.configs import build_sam
 from ..models.registry import load_model
 
 
+def _fractions(weights: Sequence[float] | None, count: int) -> list[float]:
+    """The checkpoints' weights, checked and normalised to sum to 1 (default: equal)."""
+    if count < 2:
+        raise ValueError(f"averaging needs at least two checkpoints, got {count}")
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise ValueError(
+            f"got {len(weights)} weights for {count} checkpoints; give one weight per checkpoint"
+        )
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
+    total = float(sum(weights))
+    return [float(w) / total for w in weights]
+
+
 def average_checkpoints(paths: Sequence[str | Path], weights: Sequence[float] | None = None) -> Sam:
     """The model whose floating-point tensors are the weighted mean of the checkpoints' tensors.
 
@@ -29,19 +45,7 @@ def average_checkpoints(paths: Sequence[str | Path], weights: Sequence[float] | 
     architecture; integer tensors (none in SAM today) are taken from the first checkpoint. The
     returned model recommends the first checkpoint's automatic-segmentation thresholds, if any.
     """
-    if len(paths) < 2:
-        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
-    if weights is None:
-        weights = [1.0] * len(paths)
-    if len(weights) != len(paths):
-        raise ValueError(
-            f"got {len(weights)} weights for {len(paths)} checkpoints; give one weight per checkpoint"
-        )
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"weights must be >= 0 with a positive sum, got {list(weights)}")
-    total = float(sum(weights))
-    fractions = [float(w) / total for w in weights]
-
+    fractions = _fractions(weights, len(paths))
     models = [load_model(p, device="cpu") for p in paths]
     config = models[0].config
     for path, model in zip(paths[1:], models[1:], strict=True):
@@ -72,16 +76,14 @@ def save_average(
     """Average ``paths`` (see :func:`average_checkpoints`) and write the result to ``out``; its meta
     records every source (file and sha256, or model name) and its weight."""
     model = average_checkpoints(paths, weights)
-    weights = list(weights) if weights is not None else [1.0] * len(paths)
-    total = float(sum(weights))
     meta: dict[str, Any] = {
         "averaged_from": [
             {
                 "file": str(p),
                 "sha256": file_sha256(p) if Path(p).is_file() else None,
-                "weight": float(w) / total,
+                "weight": fraction,
             }
-            for p, w in zip(paths, weights, strict=True)
+            for p, fraction in zip(paths, _fractions(weights, len(paths)), strict=True)
         ]
     }
     if model.generator_settings:
