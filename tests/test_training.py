@@ -19,6 +19,7 @@ from sam_plugins.training.trainer import (
     interactive_loss,
     lr_factor,
     make_optimizer,
+    moving_average,
     save_checkpoint,
     train,
 )
@@ -245,6 +246,42 @@ def test_train_resume_from_config(tmp_path: Path):
     losses = [r["loss"] for r in records if "loss" in r]
     assert rows[0]["loss"] == pytest.approx((losses[0] + losses[1]) / 2)
     assert "val_box_miou" in rows[0]
+
+
+def test_moving_average_of_the_weights_hand_computed():
+    net = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    ema = moving_average(net, decay=0.75)  # starts at the current weights
+    for value in (5.0, -3.0):
+        with torch.no_grad():
+            net.weight.fill_(value)
+        ema.update_parameters(net)
+    # 1 -> 0.75 * 1 + 0.25 * 5 = 2 -> 0.75 * 2 + 0.25 * (-3) = 0.75
+    assert torch.allclose(ema.module.weight, torch.full((1, 2), 0.75))
+    assert torch.allclose(net.weight, torch.full((1, 2), -3.0))  # the trained network is untouched
+
+
+def test_training_with_a_moving_average_saves_and_resumes_it(tmp_path: Path):
+    config = TrainConfig.from_file(CONFIGS / "train_tiny_test.toml")
+    data = {**config.to_dict(), "out_dir": str(tmp_path), "steps": 3, "checkpoint_every": 2}
+    data.update(epoch_steps=3, progress=False, ema_decay=0.5)
+    path = train(TrainConfig.from_dict(data), log=lambda s: None)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(path.parent / "resume.pt", map_location="cpu", weights_only=True)
+    assert saved["meta"]["ema_decay"] == 0.5
+    averaged = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    differs = 0
+    for name, value in saved["model"].items():  # the checkpoint holds the average, not the last step
+        assert torch.equal(value, averaged[name])
+        differs += not torch.equal(value, state["model"][name])
+    assert differs > 0
+    assert int(state["ema"]["n_averaged"]) == 4  # the start + 3 steps
+    path = train(TrainConfig.from_dict({**data, "steps": 5}), resume=True, log=lambda s: None)
+    state = torch.load(path.parent / "resume.pt", map_location="cpu", weights_only=True)
+    assert int(state["ema"]["n_averaged"]) == 6  # continued, not restarted
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_finetune_save_reload_round_trip(tmp_path: Path):

@@ -100,6 +100,10 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
     grad_clip: float = 1.0
+    # > 0: also keep an exponential moving average of the weights (each step keeps this fraction of
+    # the average; 0.99 ~ the last 100 steps). It starts at the starting weights; the checkpoints
+    # and the validation use it, resume.pt keeps both. Smooths out where the last steps happened to land
+    ema_decay: float = 0.0
     focal_weight: float = 20.0
     dice_weight: float = 1.0
     iou_weight: float = 1.0
@@ -160,6 +164,8 @@ class TrainConfig:
             raise ValueError(f"touching_weight must be > 0 (1 = uniform), got {self.touching_weight!r}")
         if not 0 <= self.box_noise <= 0.5:
             raise ValueError(f"box_noise must be in [0, 0.5] (of the box side), got {self.box_noise!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0 = off, e.g. 0.99), got {self.ema_decay!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -426,6 +432,16 @@ def make_optimizer(
     return torch.optim.AdamW(param_groups, lr=config.lr, betas=(0.9, 0.999))
 
 
+def moving_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of `model`'s weights, starting at its current ones; call
+    `.update_parameters(model)` after each optimizer step, use `.module` as the averaged network."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+    ema.update_parameters(model)  # the first update copies the weights: the average starts there
+    return ema
+
+
 def training_autocast(config: TrainConfig, device: torch.device | str) -> torch.autocast:
     """The context the forward pass and loss run in: bfloat16 autocast where the precision
     (resolved for `device`, see `resolve_precision`) is "bf16"."""
@@ -483,6 +499,7 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     aux_head = DenseAuxHead(model.config.prompt_embed_dim).to(device) if config.aux_weight > 0 else None
     optimizer = make_optimizer(model, config, aux_head)
     start = 0
+    state: dict[str, Any] = {}
     if resume:
         if not state_path.exists():
             raise FileNotFoundError(f"nothing to resume: {state_path} does not exist")
@@ -498,6 +515,10 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
             log_path.write_text("".join(ln + "\n" for ln in kept))
     elif log_path.exists():
         log_path.unlink()
+    ema = moving_average(model, config.ema_decay) if config.ema_decay > 0 else None
+    if ema is not None and "ema" in state:  # else a resumed run starts its average at its weights
+        ema.load_state_dict(state["ema"])
+    saved = model if ema is None else ema.module  # what checkpoints and validation see
     (run_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
     train_src, val_src = make_sources(config)
     val_config = replace(config, objects_per_image=config.val_objects)
@@ -517,8 +538,11 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
         resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
         if aux_head is not None:
             resume_state["aux_head"] = aux_head.state_dict()
+        if ema is not None:
+            resume_state["ema"] = ema.state_dict()
+            meta["ema_decay"] = config.ema_decay
         torch.save(resume_state, state_path)
-        return save_checkpoint(run_dir / ("model.pt" if final else "latest.pt"), model, meta)
+        return save_checkpoint(run_dir / ("model.pt" if final else "latest.pt"), saved, meta)
 
     bar = None
     if config.progress:
@@ -541,6 +565,8 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(model)
             window.append({**stats, "loss": loss.item(), "grad_norm": float(grad_norm)})
             if bar is not None:
                 bar.update(1)
@@ -554,7 +580,7 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
                 logf.flush()
                 window, t_last = [], now
             if done % config.epoch_steps == 0 or done == config.steps:
-                val = evaluate(model, val_examples, np.random.default_rng([config.seed, 4]))
+                val = evaluate(saved, val_examples, np.random.default_rng([config.seed, 4]))
                 model.train()
                 logf.write(json.dumps({"step": done, **{f"val_{k}": v for k, v in val.items()}}) + "\n")
                 logf.flush()
@@ -565,4 +591,5 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     if bar is not None:
         bar.close()
     model.eval()
+    saved.eval()
     return checkpoint(config.steps, final=True, val=val)
