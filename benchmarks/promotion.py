@@ -11,8 +11,9 @@ centre (best-scored of the three masks) and its tight box, as mean IoU, on
            also split into objects that touch another and isolated ones;
   real     (with --real) hand-labelled real images, for information.
 A candidate is promoted when none of its sample / real numbers is below the baseline's at two
-decimals (the rule used since stage 8; docs/models.md) and the full test suite, 3-D propagation
-included, passes.
+decimals (the rule used since stage 8; docs/models.md), the full test suite, 3-D propagation
+included, passes, and (since stage 20, docs/models.md) its automatic segmentation with the shipped
+settings scores no lower F1 on `sam-plugins tune`'s 8 held-out generated nuclei images.
 
 For information, each candidate also gets the paired difference to the baseline per dataset
 (candidate minus baseline, object by object) with a 95 % bootstrap interval over the objects: an
