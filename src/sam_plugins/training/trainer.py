@@ -591,5 +591,4 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     if bar is not None:
         bar.close()
     model.eval()
-    saved.eval()
     return checkpoint(config.steps, final=True, val=val)
