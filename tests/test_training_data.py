@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from sam_plugins.training.data import FolderDataset, check_labels, make_example, touching_ids
+from sam_plugins.training.data import FolderDataset, check_labels, crop_side, make_example, touching_ids
 from sam_plugins.training.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
 from sam_plugins.training.prompts import (
     block_reduce_mask,
@@ -156,6 +156,27 @@ def test_make_example_shapes_and_objects():
     assert 1 <= len(ex.masks) <= 3 and ex.masks.shape[1:] == (128, 128)
     assert all(m.sum() >= 10 for m in ex.masks)
     assert make_example(image, np.zeros_like(labels), rng, image_size=128) is None
+
+
+def test_auto_crop_trains_at_the_scale_segmentation_uses():
+    # the predictor resizes a whole image so its long side fills the input; "auto" does the same
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:20, 30:44] = 1
+    image = np.where(labels > 0, 200, 20).astype(np.uint8)
+    rng = np.random.default_rng(0)
+    whole = make_example(image, labels, rng, image_size=128, crop_size="auto", min_area=10)
+    assert (whole.labels == 1).sum() == 4 * (labels == 1).sum()  # 2x per side, no padding
+    assert np.array_equal(whole.labels[::2, ::2], labels)
+    padded = make_example(image, labels, rng, image_size=128, min_area=10)  # default: 1x, padded
+    assert np.array_equal(padded.labels[:64, :64], labels) and padded.image[:, 64:, :].max() == 0
+    # large planes are tiled at 1x by the widget, so they train on 1x crops
+    assert crop_side((300, 200), 768, "auto") == 300
+    assert crop_side((1152, 900), 768, "auto") == 1152
+    assert crop_side((2000, 1000), 768, "auto") == 768
+    assert crop_side((300, 200), 768, None) == 768 and crop_side((300, 200), 768, 512) == 512
+    for bad in ("whole", 0, -5, 1.5):
+        with pytest.raises(ValueError, match="crop_size"):
+            TrainConfig(model="tiny", crop_size=bad)
 
 
 def test_touching_objects_can_be_prompted_more_often():

@@ -34,7 +34,20 @@ __all__ = [
     "TiledPredictor",
     "compute_tiled_embeddings",
     "tile_grid",
+    "tiling_for",
 ]
+
+
+def tiling_for(
+    plane_shape: tuple[int, int], model_input: int
+) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """(tile shape, halo) when a plane is too large to encode at once (long side > 1.5 x model
+    input): tiles plus halo are exactly one model input, so no tile is downscaled. None: the plane
+    is encoded whole, resized so its long side fills the model input."""
+    if max(plane_shape) <= 1.5 * model_input:
+        return None
+    halo = model_input // 8
+    return (model_input - 2 * halo,) * 2, (halo, halo)
 
 
 class EmbeddingCancelled(RuntimeError):

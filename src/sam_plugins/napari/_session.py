@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ..tiling import tiling_for
 from ._layers import ImageSource, ObjectPrompts
 
 EMBEDDING_DIR_ENV = "SAM_PLUGINS_EMBEDDING_DIR"
@@ -37,17 +38,6 @@ def embedding_cache_dir() -> Path | None:
     from ..models.download import cache_dir
 
     return cache_dir() / "embeddings"
-
-
-def tiling_for(
-    plane_shape: tuple[int, int], model_input: int
-) -> tuple[tuple[int, int], tuple[int, int]] | None:
-    """(tile shape, halo) when a plane is too large to encode at once (long side > 1.5 x model
-    input): tiles plus halo are exactly one model input, so no tile is downscaled."""
-    if max(plane_shape) <= 1.5 * model_input:
-        return None
-    halo = model_input // 8
-    return (model_input - 2 * halo,) * 2, (halo, halo)
 
 
 @dataclass(frozen=True)

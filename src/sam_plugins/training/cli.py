@@ -48,6 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--lr", type=float, default=1e-4)
     f.add_argument("--images-per-step", type=int, default=2)
     f.add_argument("--objects-per-image", type=int, default=8)
+    f.add_argument(
+        "--crop-size",
+        type=_crop_size,
+        default="auto",
+        help="side of the training crops in pixels, resized to the model input; 'auto' (default): "
+        "each image at the scale segmentation uses it (whole if its long side is at most 1.5x the "
+        "model input, else 1x crops like the widget's tiles)",
+    )
     f.add_argument("--freeze-encoder", action="store_true", help="train only the prompt encoder and decoder")
     f.add_argument("--val-fraction", type=float, default=0.1)
     f.add_argument("--channel", type=int, help="channel of multichannel images to use")
@@ -87,6 +95,14 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _crop_size(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a positive number of pixels, got {text!r}")
+    return int(text)
+
+
 def _run_finetune(args: argparse.Namespace) -> int:
     from .trainer import TrainConfig, train
 
@@ -105,6 +121,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         warmup_steps=min(50, max(1, args.steps // 10)),
         epoch_steps=min(base.get("epoch_steps", 100), args.steps),
         checkpoint_every=min(base.get("checkpoint_every", 100), args.steps),
+        crop_size=args.crop_size,
         images_per_step=args.images_per_step,
         objects_per_image=args.objects_per_image,
         freeze_encoder=args.freeze_encoder,

@@ -233,13 +233,29 @@ def augment_intensity(rgb: np.ndarray, rng: np.random.Generator, aug: AugmentCon
     return (np.clip(x, 0, 1) * 255.0).astype(np.float32)
 
 
+def crop_side(shape: tuple[int, int], image_size: int, crop_size: int | str | None) -> int:
+    """Side of the square a training example is cut from before it is resized to the model input.
+
+    None: the model input (the image at 1x, padded when smaller); an int: that side; "auto": the
+    scale the image is used at — its long side when the predictor encodes it whole (resized so
+    the long side fills the input), the model input when the napari widget tiles it (1x tiles).
+    """
+    if crop_size is None:
+        return image_size
+    if crop_size == "auto":
+        from ..tiling import tiling_for
+
+        return max(shape) if tiling_for(shape, image_size) is None else image_size
+    return int(crop_size)
+
+
 def make_example(
     image: np.ndarray,
     labels: np.ndarray,
     rng: np.random.Generator,
     *,
     image_size: int,
-    crop_size: int | None = None,
+    crop_size: int | str | None = None,
     max_objects: int = 8,
     min_area: int = 16,
     augment: AugmentConfig | None = None,
@@ -248,16 +264,16 @@ def make_example(
 ) -> TrainExample | None:
     """Crop, augment and resize one pair to the model input; pick up to `max_objects` objects.
 
-    The crop (default: image_size) is resized to image_size, labels with nearest neighbour.
+    The crop (side from `crop_side`) is resized to image_size, labels with nearest neighbour.
     Objects smaller than `min_area` pixels (after resizing) are not prompted. With
     `touching_weight` != 1 an object that touches another is picked that many times as often as an
     isolated one. Returns None when the crop has no usable object.
     """
     labels = check_labels(labels)
-    crop = crop_size or image_size
     rgb = prepare_image(image, channel=channel)
     if rgb.shape[:2] != labels.shape:
         raise ValueError(f"image shape {rgb.shape[:2]} does not match label shape {labels.shape}")
+    crop = crop_side(labels.shape, image_size, crop_size)
     rgb, labels = _crop_pair(rgb, labels, crop, rng, min_area)
     if augment is not None:
         k = int(rng.integers(4)) if augment.rot90 else 0

@@ -74,7 +74,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     channel: int | None = None
     # samples and prompts
-    crop_size: int | None = None
+    crop_size: int | str | None = None  # None: the model input; "auto": the scale of use (data.crop_side)
     images_per_step: int = 2
     objects_per_image: int = 8
     min_area: int = 16
@@ -164,6 +164,10 @@ class TrainConfig:
             raise ValueError(f"touching_weight must be > 0 (1 = uniform), got {self.touching_weight!r}")
         if not 0 <= self.box_noise <= 0.5:
             raise ValueError(f"box_noise must be in [0, 0.5] (of the box side), got {self.box_noise!r}")
+        if not (self.crop_size in (None, "auto") or (isinstance(self.crop_size, int) and self.crop_size > 0)):
+            raise ValueError(
+                f"crop_size must be a positive number of pixels, 'auto' or unset, got {self.crop_size!r}"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = off, e.g. 0.99), got {self.ema_decay!r}")
 
