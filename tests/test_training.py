@@ -314,12 +314,14 @@ def test_finetune_save_reload_round_trip(tmp_path: Path):
             "--no-progress",
             "--threads",
             "1",
+            "--crop-size",
+            "auto",
         ]
     )
     assert code == 0 and out.exists()
     ckpt = torch.load(out, map_location="cpu", weights_only=True)
     assert set(ckpt) == {"model", "config", "meta"}
-    assert ckpt["meta"]["train_config"]["crop_size"] == "auto"  # trained at the scale of use
+    assert ckpt["meta"]["train_config"]["crop_size"] == "auto"  # the option reaches the training run
     model = build_sam(SamConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["model"], strict=True)
     before = torch.load(start, map_location="cpu", weights_only=True)["model"]

@@ -51,10 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument(
         "--crop-size",
         type=_crop_size,
-        default="auto",
-        help="side of the training crops in pixels, resized to the model input; 'auto' (default): "
-        "each image at the scale segmentation uses it (whole if its long side is at most 1.5x the "
-        "model input, else 1x crops like the widget's tiles)",
+        default=None,
+        help="side of the training crops in pixels, resized to the model input (default: the model "
+        "input, smaller images padded at 1x); 'auto': each image at the scale segmentation uses it "
+        "(whole if its long side is at most 1.5x the model input, else 1x crops like the widget's tiles)",
     )
     f.add_argument("--freeze-encoder", action="store_true", help="train only the prompt encoder and decoder")
     f.add_argument("--val-fraction", type=float, default=0.1)
