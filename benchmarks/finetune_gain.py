@@ -44,7 +44,13 @@ def halves(labels: np.ndarray) -> list[tuple[slice, list[int]]]:
 
 
 def finetune(
-    image: np.ndarray, labels: np.ndarray, model: str, steps: int, crop_size: str, work: Path, seed: int
+    image: np.ndarray,
+    labels: np.ndarray,
+    model: str,
+    steps: int,
+    crop_size: str | None,
+    work: Path,
+    seed: int,
 ) -> Path:
     import tifffile
 
@@ -57,9 +63,10 @@ def finetune(
         sys.executable, "-m", "sam_plugins.cli", "finetune",
         "--images", str(work / "images"), "--labels", str(work / "labels"),
         "--model", model, "--out", str(out), "--steps", str(steps), "--seed", str(seed),
-        "--crop-size", crop_size,
         "--work-dir", str(work / "runs"), "--no-progress",
     ]  # fmt: skip
+    if crop_size is not None:
+        command += ["--crop-size", crop_size]
     subprocess.run(command, check=True)
     return out
 
@@ -72,7 +79,7 @@ def main() -> None:
     parser.add_argument("labels")
     parser.add_argument("--model", default="default", help="model to start from (default: the embedded one)")
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--crop-size", default="auto", help="passed to sam-plugins finetune")
+    parser.add_argument("--crop-size", default=None, help="passed to sam-plugins finetune (default: its own)")
     parser.add_argument("--work-dir", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers as JSON")
     args = parser.parse_args()
