@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..tiling import tiling_for
+
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 LABEL_NAME_SUFFIXES = ("", "_labels", "_label", "_masks", "_mask", "_seg", "_instances", "_gt")
 
@@ -243,8 +245,6 @@ def crop_side(shape: tuple[int, int], image_size: int, crop_size: int | str | No
     if crop_size is None:
         return image_size
     if crop_size == "auto":
-        from ..tiling import tiling_for
-
         return max(shape) if tiling_for(shape, image_size) is None else image_size
     return int(crop_size)
 
