@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import requires_embedded_model
 from fo_fixtures import TINY_AMG, boxes_from_labels, make_cell_images, tiny_checkpoint
 from sam_plugins.batch import (
     SegmentSettings,
@@ -77,6 +78,10 @@ def test_settings_reject_unknown_parameters():
         SegmentSettings(mode="everything")
     with pytest.raises(ValueError, match="points_per_sid"):
         SegmentSettings(amg={"points_per_sid": 3})
+    with pytest.raises(ValueError, match=r"orientations must be one of \(1, 2, 4, 8\)"):
+        SegmentSettings(mode="boxes", orientations=3)
+    with pytest.raises(ValueError, match="automatic mode does not use it"):
+        SegmentSettings(mode="automatic", orientations=8)
 
 
 # -- pipeline + local engine -----------------------------------------------------------------------
@@ -123,6 +128,27 @@ def test_mask_files_above_limit(cells, tiny_ckpt, tmp_path):
     inst = out[0].instances[0]
     assert inst.packed is None and inst.mask_path.startswith(str(tmp_path))
     assert inst.crop().shape == inst.crop_shape
+
+
+@requires_embedded_model
+def test_boxes_mode_averages_orientations_as_the_core_predictor(cells):
+    """`orientations=8` gives each box the mask of `OrientationAveragingPredictor` (embedded model:
+    random weights average to empty masks)."""
+    from sam_plugins import OrientationAveragingPredictor, load_model
+    from sam_plugins.batch.worker import read_image
+    from sam_plugins.images import prepare_image
+
+    task = box_tasks(cells)[0]
+    out = []
+    summary = run_batch([task], SegmentSettings(mode="boxes", orientations=8), out.extend)
+    assert summary.failed == 0
+    predictor = OrientationAveragingPredictor(load_model(device="cpu"), orientations=8)
+    predictor.set_image(prepare_image(read_image(task.path)))
+    by_prompt = {inst.prompt_index: inst for inst in out[0].instances}
+    assert len(by_prompt) == len(task.boxes)
+    for k, inst in by_prompt.items():
+        want = predictor.predict(box=np.asarray(task.boxes[k]) * 96, multimask_output=False)[0][0]
+        assert (inst.full_mask((96, 96)) != want).sum() <= 2
 
 
 def test_points_mode(cells, tiny_ckpt):

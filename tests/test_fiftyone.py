@@ -115,6 +115,7 @@ def test_form_has_stable_parameters(fo, dataset):
     assert "prompt_field" in boxes and "points_per_side" not in boxes
     assert boxes["prompt_field"]["type"]["values"] == ["ground_truth"]
     assert props({"mode": "points"})["prompt_field"]["type"]["values"] == ["clicks"]
+    assert boxes["orientations"]["type"]["values"] == [1, 4, 8] and "orientations" not in auto
     existing = props({"mode": "boxes", "label_field": "ground_truth"})["label_field"]
     assert existing["invalid"] and "already exists" in existing["error_message"]
 

@@ -23,6 +23,7 @@ _LAZY = {
     "ModelSpec": "sam_plugins.models.hooks",
     "Sam": "sam_plugins.modeling",
     "SamPredictor": "sam_plugins.predictor",
+    "OrientationAveragingPredictor": "sam_plugins.orientations",
     "SamAutomaticMaskGenerator": "sam_plugins.automatic",
     "SeededMaskGenerator": "sam_plugins.automatic",
     "masks_to_label_image": "sam_plugins.automatic",
@@ -31,6 +32,7 @@ _LAZY = {
 
 __all__ = [
     "ModelSpec",
+    "OrientationAveragingPredictor",
     "Sam",
     "SamAutomaticMaskGenerator",
     "SamConfig",
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from .models.configs import SamConfig, build_sam
     from .models.hooks import ModelSpec
     from .models.registry import list_models, load_model, sam_model_registry
+    from .orientations import OrientationAveragingPredictor
     from .predictor import SamPredictor
 
 

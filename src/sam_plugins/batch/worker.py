@@ -2,7 +2,8 @@
 
 `Segmenter` is what every engine runs: in-process for the local engine, inside each actor for
 the Ray engine, and behind FiftyOne's `apply_model` path. It only calls the core API
-(`load_model`, `SamPredictor`, `SamAutomaticMaskGenerator`, `prepare_image`).
+(`load_model`, `SamPredictor` or `OrientationAveragingPredictor`, `SamAutomaticMaskGenerator`,
+`prepare_image`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class SegmentSettings:
     If `mask_dir` is set, masks of images with more than `inline_mask_limit` mask pixels
     (all images when the limit is None) are written there as PNG files instead of being
     returned in memory; the directory must be reachable by the workers and the writer.
+    `orientations` (1, 2, 4 or 8; box and point modes) averages each prompt's mask over that many
+    turned and mirrored copies of the image (`OrientationAveragingPredictor`): sharper masks for
+    one encoder pass per orientation.
     """
 
     mode: str = "automatic"
@@ -63,10 +67,20 @@ class SegmentSettings:
     box_batch_size: int = 64
     stability_offset: float = 1.0
     num_threads: int | None = None
+    orientations: int = 1
 
     def __post_init__(self) -> None:
+        from sam_plugins.orientations import ORIENTATION_CHOICES
+
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {self.mode!r}")
+        if self.orientations not in ORIENTATION_CHOICES:
+            raise ValueError(f"orientations must be one of {ORIENTATION_CHOICES}, not {self.orientations!r}")
+        if self.orientations > 1 and self.mode == "automatic":
+            raise ValueError(
+                "orientations > 1 averages the masks of box and point prompts; automatic mode "
+                "does not use it: choose mode 'boxes' or 'points', or orientations=1"
+            )
         unknown = set(self.amg) - set(AMG_PARAMETERS)
         if unknown:
             raise ValueError(f"unknown automatic-mode parameters: {sorted(unknown)}")
@@ -123,13 +137,16 @@ class Segmenter:
 
     def __init__(self, settings: SegmentSettings, model: torch.nn.Module | None = None) -> None:
         """Load `settings.model`, or reuse an already loaded `model` (e.g. for another mode)."""
-        from sam_plugins import SamPredictor, load_model
+        from sam_plugins import OrientationAveragingPredictor, SamPredictor, load_model
 
         if settings.num_threads:
             torch.set_num_threads(settings.num_threads)
         self.settings = settings
         self.model = model if model is not None else load_model(settings.model, device=settings.device)
-        self.predictor = SamPredictor(self.model)
+        if settings.orientations > 1:
+            self.predictor = OrientationAveragingPredictor(self.model, settings.orientations)
+        else:
+            self.predictor = SamPredictor(self.model)
         self._amg = None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._info: dict[str, Any] | None = None

@@ -29,7 +29,8 @@ class SamModelConfig:
 class SamModel(fom.SamplesMixin, fom.Model):
     """SAM for `apply_model`: automatic without a prompt field, boxes for a `Detections`
     prompt field, points for a `Keypoints` prompt field. Returns `Detections` (or
-    `Polylines`/`Segmentation` per `output`).
+    `Polylines`/`Segmentation` per `output`). `orientations` (1, 2, 4 or 8) averages each
+    prompt's mask over turned and mirrored copies of the image (prompted modes only).
 
     Example::
 
@@ -44,9 +45,11 @@ class SamModel(fom.SamplesMixin, fom.Model):
         output: str = "detections",
         point_label_attr: str = DEFAULT_POINT_LABEL_ATTR,
         confidence_thresh: float | None = None,
+        orientations: int = 1,
         **amg_params: Any,
     ) -> None:
         fom.SamplesMixin.__init__(self)
+        self.orientations = orientations
         self.output = output
         self.point_label_attr = point_label_attr
         self.config = SamModelConfig(confidence_thresh)
@@ -81,7 +84,9 @@ class SamModel(fom.SamplesMixin, fom.Model):
     def _segmenter(self, mode: str) -> Segmenter:
         """One model, shared by the mode-specific segmenters."""
         if mode not in self._segmenters:
-            settings = SegmentSettings(**{**self._base.to_dict(), "mode": mode})
+            settings = SegmentSettings(
+                **{**self._base.to_dict(), "mode": mode, "orientations": self.orientations}
+            )
             loaded = next(iter(self._segmenters.values())).model if self._segmenters else None
             self._segmenters[mode] = Segmenter(settings, model=loaded)
         return self._segmenters[mode]

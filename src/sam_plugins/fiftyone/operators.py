@@ -136,6 +136,18 @@ class SegmentWithSam(foo.Operator):
                     label="Point label attribute",
                     description="per-point attribute: 1 = positive, 0 = negative (all positive if absent)",
                 )
+            turns = types.RadioGroup()
+            turns.add_choice(1, label="1", description="the image as it is (fastest; official SAM)")
+            turns.add_choice(4, label="4", description="also mirrored: 4x the encoder time")
+            turns.add_choice(8, label="8", description="also turned: 8x the encoder time, sharpest masks")
+            inputs.enum(
+                "orientations",
+                turns.values(),
+                default=1,
+                label="Orientations averaged",
+                description="each mask is the average over turned and mirrored copies of the image",
+                view=turns,
+            )
 
         outputs = types.RadioGroup()
         outputs.add_choice("detections", label="Detections with instance masks")
@@ -235,6 +247,7 @@ class SegmentWithSam(foo.Operator):
             mask_dir=params.get("mask_dir") or None,
             point_label_attr=params.get("point_label_attr") or DEFAULT_POINT_LABEL_ATTR,
             progress=progress,
+            orientations=int(params.get("orientations") or 1) if mode in PROMPT_TYPES else 1,
             **amg,
         )
         if not ctx.delegated:
