@@ -162,6 +162,39 @@ def test_commit_errors():
         plan_commit(target, np.ones((3, 4), np.uint8))
 
 
+def test_session_with_orientations_embeds_each_and_averages(tmp_path, monkeypatch):
+    """Orientations 4: one cached embedding per orientation, prompts answered by the averaging
+    predictor (as the core one), segment everything on the plane as it is; tiled planes keep one."""
+    from sam_plugins.models.configs import TINY, build_sam
+    from sam_plugins.napari._layers import ObjectPrompts
+    from sam_plugins.napari._session import EMBEDDING_DIR_ENV, AnnotatorSession, AutoParams
+    from sam_plugins.orientations import OrientationAveragingPredictor
+
+    monkeypatch.setenv(EMBEDDING_DIR_ENV, str(tmp_path))
+    model = build_sam(TINY)
+    image = (np.random.default_rng(2).random((120, 160)) * 1000).astype(np.uint16)
+    session = AnnotatorSession(model, ImageSource.from_layer(fake_layer(image)), orientations=4)
+    assert session.embedding_steps(0) == 4
+    steps = []
+    embeddings = session.compute_embedding(0, progress=lambda done, total: steps.append((done, total)))
+    assert len(embeddings) == 4 and steps[-1] == (4, 4)
+    assert len(list(tmp_path.glob("*.npz"))) == 4 and session.embedding_steps(0) == 0
+    box = np.array([30.0, 20.0, 110.0, 90.0])
+    mask, _ = session.segment(0, [ObjectPrompts(box=box)])
+    core = OrientationAveragingPredictor(model, orientations=4)
+    core.set_image(session.source.model_input(0))
+    want = core.predict(box=box, multimask_output=False)[0][0]
+    assert want.any() and ((mask > 0) != want).sum() == 0
+    assert session.segment_everything(0, AutoParams(points_per_side=4))
+    again = AnnotatorSession(model, ImageSource.from_layer(fake_layer(image.copy())), orientations=4)
+    again.compute_embedding(0)
+    assert again.cache.hits == 4
+    big = AnnotatorSession(
+        model, ImageSource.from_layer(fake_layer(np.zeros((300, 700), np.uint8))), orientations=8
+    )
+    assert big.tiling is not None and len(big.views) == 1 and big.requested_orientations == 8
+
+
 def test_session_embeds_refines_and_rethresholds(tmp_path, monkeypatch):
     """The session with the tiny model: disk cache, logits reuse, tiling, automatic masks."""
     from sam_plugins.models.configs import TINY, build_sam

@@ -534,3 +534,38 @@ def test_segment_everything_with_seeds_finds_the_cells_with_the_embedded_model(m
     score = match_f1(viewer.layers["auto segmentation"].data, truth)
     n_true = len(np.unique(truth)) - 1
     assert score["tp"] >= 0.6 * n_true and score["f1"] >= 0.6, score
+
+
+@requires_embedded_model
+def test_boxes_averaged_over_orientations_with_the_embedded_model(make_napari_viewer, qtbot):
+    """Orientations 8: one embedding per orientation, and box masks from the averaging predictor."""
+    import sam_plugins
+    from sam_plugins.orientations import OrientationAveragingPredictor
+
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample("sam-plugins", "cells-2d")
+    widget = open_widget(viewer)
+    widget.orientations.value = 8
+    widget.compute_embeddings()
+    wait_idle(qtbot, widget, timeout=180_000)
+    assert widget.progress.max == 8  # progress counted the orientations
+    predictor = widget.session.activate(0)
+    assert isinstance(predictor, OrientationAveragingPredictor) and predictor.orientations == 8
+    core = OrientationAveragingPredictor(sam_plugins.load_model(device="cpu"), orientations=8)
+    core.set_image(viewer.layers["cells"].data)
+    truth = viewer.layers["cells ground truth"].data
+    scores = []
+    for rank in (0, 3, 6):
+        _, mask = cell_center(truth, rank)
+        ys, xs = np.nonzero(mask)
+        widget.clear()
+        widget.boxes_layer.add_rectangles(np.array([[ys.min(), xs.min()], [ys.max(), xs.max()]]))
+        got = widget.current_layer.data > 0
+        want = core.predict(box=np.array([xs.min(), ys.min(), xs.max(), ys.max()]), multimask_output=False)[
+            0
+        ][0]
+        assert iou(got, want) >= 0.98
+        scores.append(iou(got, mask))
+    assert min(scores) >= 0.85, scores
+    widget.orientations.value = 1  # a new session: one orientation again
+    assert widget.session is not None and len(widget.session.views) == 1

@@ -94,6 +94,21 @@ def test_batched_boxes_match_one_box_at_a_time(model):
         np.testing.assert_allclose(scores[k].numpy(), score, atol=1e-6)
 
 
+def test_stored_embeddings_give_the_same_masks(model):
+    predictor = OrientationAveragingPredictor(model, orientations=8)
+    predictor.set_image(WIDE)
+    box = np.array([30.0, 20.0, 140.0, 110.0])
+    want = predictor.predict(box=box, return_logits=True)
+    embeddings = predictor.get_embeddings()
+    assert [tuple(e.original_size) for e in embeddings[:5]] == [(150, 200)] * 4 + [(200, 150)]
+    again = OrientationAveragingPredictor(model, orientations=8)
+    again.set_image_embeddings(embeddings)
+    for a, b in zip(want, again.predict(box=box, return_logits=True), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="does not fit orientation"):
+        again.set_image_embeddings([*embeddings[:3], embeddings[4], embeddings[3], *embeddings[5:]])
+
+
 def test_orientation_count_and_saved_embeddings_say_what_is_possible(model):
     assert [len(orientations(n)) for n in (1, 2, 4, 8)] == [1, 2, 4, 8]
     assert len(set(orientations(8))) == 8
@@ -101,8 +116,10 @@ def test_orientation_count_and_saved_embeddings_say_what_is_possible(model):
         OrientationAveragingPredictor(model, orientations=3)
     predictor = OrientationAveragingPredictor(model, orientations=2)
     predictor.set_image(SQUARE)
-    with pytest.raises(NotImplementedError, match="use SamPredictor for stored embeddings"):
+    with pytest.raises(NotImplementedError, match="one embedding per orientation"):
         predictor.get_embedding()
+    with pytest.raises(ValueError, match="2 orientations"):
+        predictor.set_image_embeddings(predictor.get_embeddings()[:1])
     predictor.reset_image()
     with pytest.raises(RuntimeError, match="set_image"):
         predictor.predict(box=np.array([1.0, 1.0, 20.0, 20.0]))

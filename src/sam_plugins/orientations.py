@@ -129,6 +129,35 @@ class OrientationAveragingPredictor(SamPredictor):
         self.reset_image()
         for view, predictor in zip(self.views, self.predictors, strict=True):
             predictor.set_image(view.image(rgb), image_format)
+        self._follow_first()
+
+    def get_embeddings(self) -> list[ImageEmbedding]:
+        """The embedding of the image in each orientation, to store and set again later."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) to get its embeddings.")
+        return [predictor.get_embedding() for predictor in self.predictors]
+
+    def set_image_embeddings(self, embeddings: list[ImageEmbedding], check_model: bool = True) -> None:
+        """Use embeddings from `get_embeddings` (one per orientation, in its order) instead of the encoder."""
+        if len(embeddings) != len(self.views):
+            raise ValueError(
+                f"got {len(embeddings)} embeddings for {len(self.views)} orientations; give the list "
+                "get_embeddings() returned for this number of orientations"
+            )
+        size = tuple(embeddings[0].original_size)
+        for view, embedding in zip(self.views, embeddings, strict=True):
+            if tuple(embedding.original_size) != view.size(size):
+                raise ValueError(
+                    f"embedding of size {tuple(embedding.original_size)} does not fit orientation {view} "
+                    f"of a {size} image; give the list get_embeddings() returned, in its order"
+                )
+        self.reset_image()
+        for predictor, embedding in zip(self.predictors, embeddings, strict=True):
+            predictor.set_image_embedding(embedding, check_model=check_model)
+        self._follow_first()
+
+    def _follow_first(self) -> None:
+        """Sizes and image hash of the first orientation (the image as is): this predictor's."""
         first = self.predictors[0]
         self.original_size, self.input_size = first.original_size, first.input_size
         self._image_hash = first._image_hash
@@ -224,8 +253,8 @@ class OrientationAveragingPredictor(SamPredictor):
 
 
 _ONE_EMBEDDING = (
-    "an OrientationAveragingPredictor holds one embedding per orientation, which cannot be saved or "
-    "set as one; use SamPredictor for stored embeddings, or set_image(...) here"
+    "an OrientationAveragingPredictor holds one embedding per orientation: use get_embeddings() / "
+    "set_image_embeddings(...), or set_image(...)"
 )
 
 

@@ -3,9 +3,11 @@ prompts -> masks. The widget owns one session per (image, model) and only transl
 
 Embeddings come from the core cache (`sam_plugins.embeddings.EmbeddingCache`: in memory and on
 disk, keyed by the plane's data, the model and the tiling), planes larger than the model input
-are tiled with a halo (`sam_plugins.tiling`). Thread rules: `compute_embedding`,
-`provider_for_worker` and `segment_everything` may run in a worker thread (they never touch
-`self.predictor`); `segment`/`activate` run on the main thread.
+are tiled with a halo (`sam_plugins.tiling`). With `orientations` > 1 an untiled plane gets one
+embedding per turned/mirrored copy and prompts are answered by
+`sam_plugins.OrientationAveragingPredictor` (tiled planes keep one orientation). Thread rules:
+`compute_embedding`, `provider_for_worker` and `segment_everything` may run in a worker thread
+(they never touch `self.predictor`); `segment`/`activate` run on the main thread.
 """
 
 from __future__ import annotations
@@ -88,17 +90,26 @@ class _Tiled:
         return masks, scores, logits
 
 
-def _new_predictor(model: Any) -> Any:
+def _new_predictor(model: Any, orientations: int = 1) -> Any:
+    from ..orientations import OrientationAveragingPredictor
     from ..predictor import SamPredictor
 
-    return SamPredictor(model)
+    return OrientationAveragingPredictor(model, orientations) if orientations > 1 else SamPredictor(model)
 
 
 class AnnotatorSession:
     """Embeddings and prompt -> mask predictions for every plane of one image with one model."""
 
-    def __init__(self, model: Any, source: ImageSource, model_name: str = "", cache: Any = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        source: ImageSource,
+        model_name: str = "",
+        cache: Any = None,
+        orientations: int = 1,
+    ) -> None:
         from ..embeddings import EmbeddingCache
+        from ..orientations import orientations as orientation_list
 
         self.model = model
         self.model_name = model_name
@@ -106,7 +117,9 @@ class AnnotatorSession:
         self.source = source
         self.cache = cache if cache is not None else EmbeddingCache(embedding_cache_dir(), max_items=4)
         self.tiling = tiling_for(source.plane_shape, model.image_encoder.img_size)
-        self.predictor = _new_predictor(model)
+        self.requested_orientations = orientations
+        self.views = orientation_list(1 if self.tiling else orientations)
+        self.predictor = _new_predictor(model, len(self.views))
         self._embeddings: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._logits: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
@@ -140,9 +153,20 @@ class AnnotatorSession:
             image = self.source.lazy_plane(plane)
         else:
             image = self.source.model_input(plane)
-        embedding = self.cache.get_or_compute(
-            predictor, image, tile_shape=tile, halo=halo, progress_callback=progress, cancel=cancel
-        )
+        if len(self.views) > 1:  # one cached embedding per orientation; progress counts them
+            embedding = []
+            for i, view in enumerate(self.views):
+                if cancel is not None and cancel():
+                    from ..tiling import EmbeddingCancelled
+
+                    raise EmbeddingCancelled
+                embedding.append(self.cache.get_or_compute(predictor, view.image(image)))
+                if progress is not None:
+                    progress(i + 1, len(self.views))
+        else:
+            embedding = self.cache.get_or_compute(
+                predictor, image, tile_shape=tile, halo=halo, progress_callback=progress, cancel=cancel
+            )
         with self._lock:
             self._embeddings[plane] = embedding
         return embedding
@@ -153,7 +177,7 @@ class AnnotatorSession:
 
         if self.has_embedding(plane):
             return 0
-        return len(tile_grid(self.source.plane_shape, *self.tiling)) if self.tiling else 1
+        return len(tile_grid(self.source.plane_shape, *self.tiling)) if self.tiling else len(self.views)
 
     def _predictor_on(self, predictor: Any, embedding: Any) -> Any:
         """`predictor` set to `embedding`; a tiled wrapper for tiled embeddings."""
@@ -161,7 +185,10 @@ class AnnotatorSession:
 
         if isinstance(embedding, TiledEmbeddings):
             return _Tiled(TiledPredictor(predictor, embedding))
-        predictor.set_image_embedding(embedding)
+        if isinstance(embedding, list):  # one per orientation
+            predictor.set_image_embeddings(embedding)
+        else:
+            predictor.set_image_embedding(embedding)
         return predictor
 
     def activate(self, plane: int) -> Any:
@@ -177,7 +204,7 @@ class AnnotatorSession:
 
     def provider_for_worker(self) -> Callable[[int], Any]:
         """A `volumes` plane provider with its own predictor, filling the session's embeddings."""
-        predictor = _new_predictor(self.model)
+        predictor = _new_predictor(self.model, len(self.views))
         return lambda plane: self._predictor_on(predictor, self.compute_embedding(plane))
 
     # ---------------------------------------------------------------- interactive prompts
@@ -245,6 +272,8 @@ class AnnotatorSession:
         )
         with self._lock:
             embedding = self._embeddings.get(plane)
+        if isinstance(embedding, list):  # orientations: the first is the plane as it is
+            embedding = embedding[0]
         try:
             state = generator.initialize(
                 self.source.model_input(plane),
