@@ -314,3 +314,19 @@ def test_apply_model_without_torchvision(fo, dataset, tiny, monkeypatch):
     dataset.apply_model(SamModel(model=tiny, **TINY_AMG), label_field="applied_auto", skip_failures=False)
     assert dataset.count("applied_auto.detections") > 0
     assert not any(m.startswith(blocked) for m in sys.modules)
+
+
+def test_apply_model_with_orientations(fo, dataset, tiny):
+    """`SamModel(orientations=...)` answers the prompts with the averaging predictor; without a
+    prompt field (automatic mode) it says the option needs prompts."""
+    from sam_plugins.fiftyone import SamModel
+    from sam_plugins.orientations import OrientationAveragingPredictor
+
+    model = SamModel(model=tiny, orientations=4)
+    dataset.apply_model(model, label_field="turned", prompt_field="ground_truth", skip_failures=False)
+    assert isinstance(model._segmenters["boxes"].predictor, OrientationAveragingPredictor)
+    assert model._segmenters["boxes"].predictor.orientations == 4
+    for sample in dataset:
+        assert sample["turned"] is not None
+    with pytest.raises(ValueError, match="automatic mode does not use it"):
+        dataset.apply_model(SamModel(model=tiny, orientations=4), label_field="x", skip_failures=False)
