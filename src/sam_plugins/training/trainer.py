@@ -31,6 +31,7 @@ from ..models.configs import (
 )
 from .aux_head import DenseAuxHead, dense_aux_loss
 from .data import TrainExample
+from .distill import OrientationTeacher, distill_loss
 from .init import init_weights
 from .losses import sam_loss
 from .prompts import jitter_boxes, mask_prompt_from_gt, sample_correction_points, sample_positive_points
@@ -111,6 +112,10 @@ class TrainConfig:
     focal_alpha: float = -1.0
     focal_gamma: float = 2.0
     multimask_other_weight: float = 0.0  # > 0: also train the non-best multimask outputs (losses.py)
+    # > 1: also train the first prompt's masks towards the starting weights' average over this many
+    # orientations of the image (distill.py), with weight distill_weight; 0 = off
+    distill_orientations: int = 0
+    distill_weight: float = 1.0
     # 1: the mask loss on the low-res logits (stride 4 of the input) against area-averaged targets;
     # k > 1: on the logits upsampled k times (bilinear, as at inference) against k-times finer targets,
     # which teaches where the outline runs between low-res pixels
@@ -167,6 +172,10 @@ class TrainConfig:
         if not (self.crop_size in (None, "auto") or (isinstance(self.crop_size, int) and self.crop_size > 0)):
             raise ValueError(
                 f"crop_size must be a positive number of pixels, 'auto' or unset, got {self.crop_size!r}"
+            )
+        if self.distill_orientations not in (0, 2, 4, 8):
+            raise ValueError(
+                f"distill_orientations must be 0 (off), 2, 4 or 8, got {self.distill_orientations!r}"
             )
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = off, e.g. 0.99), got {self.ema_decay!r}")
@@ -237,9 +246,11 @@ def interactive_loss(
     rng: np.random.Generator,
     config: TrainConfig,
     aux_head: torch.nn.Module | None = None,
+    teacher: OrientationTeacher | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one step of simulated interactive segmentation over all objects of `examples`
-    (plus, with `aux_head`, the dense auxiliary loss weighted by `config.aux_weight`)."""
+    (plus, with `aux_head`, the dense auxiliary loss weighted by `config.aux_weight`; with
+    `teacher`, the first round's distillation loss weighted by `config.distill_weight`)."""
     device = model.pixel_mean.device
     images = torch.stack([e.image for e in examples]).to(device)
     embeddings, high_res = model.encode(model.preprocess(images))
@@ -279,6 +290,8 @@ def interactive_loss(
 
     total = torch.zeros((), device=device)
     stats = {"focal": 0.0, "dice": 0.0, "iou_mse": 0.0, "iou_first": 0.0, "iou_last": 0.0}
+    if teacher is not None:
+        target = teacher.logits(images, index, coords, labels, boxes, mask_in)
     for r in range(config.rounds):
         multimask = mode == "point" and r == 0
         points = (coords.float(), labels) if coords is not None else None
@@ -302,6 +315,10 @@ def interactive_loss(
             other_outputs_weight=config.multimask_other_weight,
         )
         total = total + out.loss
+        if teacher is not None and r == 0:
+            distill = distill_loss(logits[:, sel], target[:, sel])
+            stats["distill"] = float(distill.detach())
+            total = total + config.rounds * config.distill_weight * distill
         stats["focal"] += float(out.focal) / config.rounds
         stats["dice"] += float(out.dice) / config.rounds
         stats["iou_mse"] += float(out.iou_mse) / config.rounds
@@ -499,6 +516,8 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     elif config.precision == "bf16" and device.type == "cpu" and cpu_lacks_bf16():
         log("warning: this CPU has no bfloat16 instructions; bf16 runs several times slower than fp32")
     model = build_model(config).to(device)
+    # the starting weights (before any resume) averaged over orientations, when distilling
+    teacher = OrientationTeacher(model, config.distill_orientations) if config.distill_orientations else None
     image_size = model.image_encoder.img_size
     aux_head = DenseAuxHead(model.config.prompt_embed_dim).to(device) if config.aux_weight > 0 else None
     optimizer = make_optimizer(model, config, aux_head)
@@ -564,7 +583,7 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
             for g in optimizer.param_groups:
                 g["lr"] = config.lr * scale * g.get("lr_scale", 1.0)
             with autocast:
-                loss, stats = interactive_loss(model, examples, rng, config, aux_head)
+                loss, stats = interactive_loss(model, examples, rng, config, aux_head, teacher)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
