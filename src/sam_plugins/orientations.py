@@ -78,7 +78,7 @@ class Orientation:
 def orientations(count: int) -> list[Orientation]:
     """The first `count` orientations: 1 (as is), 2 (+ turned 180 degrees), 4 (+ the two
     mirror images) or 8 (+ the quarter turns and diagonal mirrors)."""
-    if count not in ORIENTATION_CHOICES:
+    if isinstance(count, bool) or count not in ORIENTATION_CHOICES:
         raise ValueError(f"orientations must be one of {ORIENTATION_CHOICES}, got {count!r}")
     flips = [
         Orientation(),
@@ -92,6 +92,9 @@ def orientations(count: int) -> list[Orientation]:
     return (flips + turned)[:count]
 
 
+_orientations = orientations  # the constructor's argument of that name hides the function
+
+
 class OrientationAveragingPredictor(SamPredictor):
     """`SamPredictor` whose masks are the average over `orientations` turned/mirrored copies of the image.
 
@@ -100,7 +103,7 @@ class OrientationAveragingPredictor(SamPredictor):
     """
 
     def __init__(self, sam_model: Sam, orientations: int = 8) -> None:
-        self.views = _views(orientations)
+        self.views = _orientations(orientations)
         self.predictors = [SamPredictor(sam_model) for _ in self.views]
         super().__init__(sam_model)
 
@@ -256,9 +259,3 @@ _ONE_EMBEDDING = (
     "an OrientationAveragingPredictor holds one embedding per orientation: use get_embeddings() / "
     "set_image_embeddings(...), or set_image(...)"
 )
-
-
-def _views(count: int) -> list[Orientation]:
-    if isinstance(count, bool) or not isinstance(count, int):
-        raise TypeError(f"orientations must be an int in {ORIENTATION_CHOICES}, got {count!r}")
-    return orientations(count)

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..tiling import tiling_for
+from ..tiling import EmbeddingCancelled, tiling_for
 from ._layers import ImageSource, ObjectPrompts
 
 EMBEDDING_DIR_ENV = "SAM_PLUGINS_EMBEDDING_DIR"
@@ -157,8 +157,6 @@ class AnnotatorSession:
             embedding = []
             for i, view in enumerate(self.views):
                 if cancel is not None and cancel():
-                    from ..tiling import EmbeddingCancelled
-
                     raise EmbeddingCancelled
                 embedding.append(self.cache.get_or_compute(predictor, view.image(image)))
                 if progress is not None:
