@@ -18,8 +18,7 @@ import json
 import time
 
 import numpy as np
-from eval_cells import HELD_OUT_SEED
-from promotion import SAMPLE_MIN_AREA, SAMPLE_OBJECTS, click_and_box, paired_difference
+from promotion import click_and_box, judged_datasets, paired_difference
 
 import sam_plugins
 from sam_plugins.orientations import ORIENTATION_CHOICES, OrientationAveragingPredictor
@@ -55,33 +54,17 @@ def main() -> None:
     parser.add_argument("--real", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"))
     args = parser.parse_args()
 
-    import tifffile
     import torch
-
-    from sam_plugins.sample_data import cells_2d
-    from sam_plugins.training.synthetic import SyntheticConfig, generate_sample
 
     counts = sorted({1, *(int(c) for c in args.orientations.split(","))})
     if any(c not in ORIENTATION_CHOICES for c in counts):
         parser.error(f"--orientations takes counts from {ORIENTATION_CHOICES}")
     torch.set_num_threads(2)
     model = sam_plugins.load_model(args.model, device="cpu")
-    image, labels = cells_2d()
-    ids = [i for i in np.unique(labels) if i and (labels == i).sum() >= SAMPLE_MIN_AREA][:SAMPLE_OBJECTS]
-    datasets = {"sample": [(image, labels, ids)]}
-
-    def objects(lab: np.ndarray) -> list[int]:
-        return [int(i) for i in np.unique(lab) if i and (lab == i).sum() >= 30]
-
-    if args.generated:
-        config = SyntheticConfig(size=(512, 512))
-        samples = [
-            generate_sample(np.random.default_rng(HELD_OUT_SEED + k), config) for k in range(args.generated)
-        ]
-        datasets["generated"] = [(s.image, s.labels, objects(s.labels)) for s in samples]
-    for image_path, labels_path in args.real:
-        lab = tifffile.imread(labels_path).astype(np.int64)
-        datasets["real"] = [*datasets.get("real", []), (tifffile.imread(image_path), lab, objects(lab))]
+    datasets = judged_datasets(args.generated, args.real)
+    if "tuning" in datasets:
+        datasets["generated"] = datasets.pop("tuning")
+    image = datasets["sample"][0][0]
 
     reference, first = None, None
     for count in counts:

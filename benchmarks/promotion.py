@@ -95,6 +95,36 @@ def paired_difference(
     return {"mean": float(diff.mean()), "low": float(low), "high": float(high)}
 
 
+def judged_datasets(
+    generated: int, real: list[tuple[str, str]]
+) -> dict[str, list[tuple[np.ndarray, np.ndarray, list[int]]]]:
+    """(image, labels, object ids) per dataset: the sample's 25 cells, `generated` held-out
+    generated images ("tuning") and the real (image, labels) files, objects >= 30 px."""
+    import tifffile
+
+    from sam_plugins.sample_data import cells_2d
+    from sam_plugins.training.synthetic import SyntheticConfig, generate_sample
+
+    image, labels = cells_2d()
+    ids = [i for i in np.unique(labels) if i and (labels == i).sum() >= SAMPLE_MIN_AREA][:SAMPLE_OBJECTS]
+    datasets = {"sample": [(image, labels, ids)]}
+
+    def objects(lab: np.ndarray) -> list[int]:
+        return [int(i) for i in np.unique(lab) if i and (lab == i).sum() >= 30]
+
+    if generated:
+        config = SyntheticConfig(size=(512, 512))
+        samples = [
+            generate_sample(np.random.default_rng(HELD_OUT_SEED + k), config) for k in range(generated)
+        ]
+        datasets["tuning"] = [(s.image, s.labels, objects(s.labels)) for s in samples]
+    for image_path, labels_path in real:
+        lab = tifffile.imread(labels_path).astype(np.int64)
+        datasets["real"] = [*datasets.get("real", []), (tifffile.imread(image_path), lab, objects(lab))]
+
+    return datasets
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,29 +136,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write all numbers as JSON")
     args = parser.parse_args()
 
-    import tifffile
     import torch
 
-    from sam_plugins.sample_data import cells_2d
-    from sam_plugins.training.synthetic import SyntheticConfig, generate_sample
-
     torch.set_num_threads(2)
-    image, labels = cells_2d()
-    ids = [i for i in np.unique(labels) if i and (labels == i).sum() >= SAMPLE_MIN_AREA][:SAMPLE_OBJECTS]
-    datasets = {"sample": [(image, labels, ids)]}
-
-    def objects(lab: np.ndarray) -> list[int]:
-        return [int(i) for i in np.unique(lab) if i and (lab == i).sum() >= 30]
-
-    if args.generated:
-        config = SyntheticConfig(size=(512, 512))
-        samples = [
-            generate_sample(np.random.default_rng(HELD_OUT_SEED + k), config) for k in range(args.generated)
-        ]
-        datasets["tuning"] = [(s.image, s.labels, objects(s.labels)) for s in samples]
-    for image_path, labels_path in args.real:
-        lab = tifffile.imread(labels_path).astype(np.int64)
-        datasets["real"] = [*datasets.get("real", []), (tifffile.imread(image_path), lab, objects(lab))]
+    datasets = judged_datasets(args.generated, args.real)
 
     base_objects = per_object(args.baseline, datasets)
     results = {"baseline": summarise(base_objects)}
