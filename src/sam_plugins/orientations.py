@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from .embeddings import ImageEmbedding
-from .images import prepare_image
 from .modeling import Sam
 from .predictor import SamPredictor
 
@@ -126,12 +125,10 @@ class OrientationAveragingPredictor(SamPredictor):
         channel_axis: int | None = None,
     ) -> None:
         """Compute the embedding of ``image`` in each orientation (one encoder pass each)."""
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
-        rgb = prepare_image(image, channel=channel, channel_axis=channel_axis)
+        rgb = self._model_rgb(image, image_format, channel, channel_axis)
         self.reset_image()
         for view, predictor in zip(self.views, self.predictors, strict=True):
-            predictor.set_image(view.image(rgb), image_format)
+            predictor.set_image(view.image(rgb), self.model.image_format)
         self._follow_first()
 
     def get_embeddings(self) -> list[ImageEmbedding]:

@@ -89,16 +89,21 @@ class SamPredictor:
         RGB ``uint8`` (H, W, 3) images are used as is (official behaviour); grayscale, 16-bit,
         float, RGBA and multichannel images are converted by :func:`prepare_image`.
         """
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
-        image = prepare_image(image, channel=channel, channel_axis=channel_axis)
-        if image_format != self.model.image_format:
-            image = image[..., ::-1]
+        image = self._model_rgb(image, image_format, channel, channel_axis)
         input_image = self.transform.apply_image(image)
         input_image_torch = torch.as_tensor(input_image, device=self.device)
         input_image_torch = input_image_torch.permute(2, 0, 1).contiguous()[None, :, :, :]
         self.set_torch_image(input_image_torch, image.shape[:2])
         self._image_hash = image_hash(image)
+
+    def _model_rgb(
+        self, image: np.ndarray, image_format: str, channel: int | None, channel_axis: int | None
+    ) -> np.ndarray:
+        """``image`` as (H, W, 3) uint8 in the model's channel order."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', got {image_format!r}.")
+        image = prepare_image(image, channel=channel, channel_axis=channel_axis)
+        return image[..., ::-1] if image_format != self.model.image_format else image
 
     @torch.no_grad()
     def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
