@@ -167,17 +167,17 @@ def test_bf16_training_lowers_the_loss_and_keeps_fp32_weights(tmp_path: Path, mo
 def test_auto_precision_follows_the_cpu(monkeypatch):
     """precision = "auto": bf16 where the CPU has bfloat16 instructions, fp32 where it would be
     emulated (several times slower) or the flags cannot be read."""
-    from sam_plugins.training import trainer
+    from sam_plugins.training import hardware
 
     config = TrainConfig(precision="auto")
     cases = {"flags\t: fpu avx2 avx512f amx_bf16 amx_tile": "bf16", "flags\t: fpu avx2": "fp32", "": "fp32"}
     for flags, expected in cases.items():
-        monkeypatch.setattr(trainer, "cpu_flags", lambda flags=flags: flags)
-        assert trainer.resolve_precision("auto", "cpu") == expected
-        assert trainer.training_autocast(config, "cpu").fast_dtype == torch.bfloat16
-        with trainer.training_autocast(config, "cpu"):
+        monkeypatch.setattr(hardware, "cpu_flags", lambda flags=flags: flags)
+        assert hardware.resolve_precision("auto", "cpu") == expected
+        assert hardware.training_autocast(config, "cpu").fast_dtype == torch.bfloat16
+        with hardware.training_autocast(config, "cpu"):
             assert torch.is_autocast_enabled("cpu") == (expected == "bf16")
-    assert trainer.resolve_precision("fp32", "cpu") == "fp32"
+    assert hardware.resolve_precision("fp32", "cpu") == "fp32"
 
 
 def test_loss_on_upsampled_logits_trains_and_checks_its_factor():

@@ -28,6 +28,7 @@ _LAZY = {
     "SeededMaskGenerator": "sam_plugins.automatic",
     "masks_to_label_image": "sam_plugins.automatic",
     "prepare_image": "sam_plugins.images",
+    "finetune": "sam_plugins.training.finetuning",
 }
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "SamPredictor",
     "SeededMaskGenerator",
     "build_sam",
+    "finetune",
     "list_models",
     "load_model",
     "masks_to_label_image",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from .models.registry import list_models, load_model, sam_model_registry
     from .orientations import OrientationAveragingPredictor
     from .predictor import SamPredictor
+    from .training.finetuning import finetune
 
 
 def __getattr__(name: str) -> Any:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
+
+from .finetuning import FINETUNE_DEFAULTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,11 +44,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--labels", required=True, help="folder of instance label images (same file names)")
     f.add_argument("--model", default="default", help="model name or checkpoint to start from")
     f.add_argument("--out", required=True, help="output checkpoint file (.pt)")
+    f.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     f.add_argument("--config", help="optional TOML/JSON file with further TrainConfig settings")
-    f.add_argument("--steps", type=int, default=500)
-    f.add_argument("--lr", type=float, default=1e-4)
-    f.add_argument("--images-per-step", type=int, default=2)
-    f.add_argument("--objects-per-image", type=int, default=8)
+    f.add_argument("--steps", type=int, default=FINETUNE_DEFAULTS["steps"])
+    f.add_argument("--lr", type=float, default=FINETUNE_DEFAULTS["lr"])
+    f.add_argument("--images-per-step", type=int, default=FINETUNE_DEFAULTS["images_per_step"])
+    f.add_argument("--objects-per-image", type=int, default=FINETUNE_DEFAULTS["objects_per_image"])
     f.add_argument(
         "--crop-size",
         type=_crop_size,
@@ -104,23 +106,20 @@ def _crop_size(text: str) -> int | str:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    from .trainer import TrainConfig, train
+    from .data import FolderDataset
+    from .finetuning import finetune
+    from .trainer import TrainConfig
 
-    base = TrainConfig.from_file(args.config).to_dict() if args.config else {}
-    out = Path(args.out)
-    base.update(
-        name=base.get("name") if args.config and "name" in base else f"finetune-{out.stem}",
-        out_dir=args.work_dir,
-        data="folder",
-        images_dir=args.images,
-        labels_dir=args.labels,
-        init_checkpoint=args.model,
-        model_config={},
+    base = TrainConfig.from_file(args.config).to_dict() if args.config else None
+    out = finetune(
+        FolderDataset(args.images, args.labels),
+        args.out,
+        args.model,
         steps=args.steps,
+        overwrite=args.overwrite,
+        work_dir=args.work_dir,
+        config=base,
         lr=args.lr,
-        warmup_steps=min(50, max(1, args.steps // 10)),
-        epoch_steps=min(base.get("epoch_steps", 100), args.steps),
-        checkpoint_every=min(base.get("checkpoint_every", 100), args.steps),
         crop_size=args.crop_size,
         images_per_step=args.images_per_step,
         objects_per_image=args.objects_per_image,
@@ -132,11 +131,6 @@ def _run_finetune(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    path = train(TrainConfig.from_dict(base))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == "":
-        out = out.with_suffix(".pt")
-    shutil.copyfile(path, out)
     print(out)
     return 0
 

@@ -161,7 +161,51 @@ def _match_labels(images_dir: Path, labels_dir: Path) -> list[tuple[Path, Path]]
     return pairs
 
 
-class FolderDataset(Sequence):
+def object_slices(
+    image: np.ndarray, labels: np.ndarray, name: str
+) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """The 2-D (image, labels, name) training pairs of one image and its instance labels: a 3-D
+    stack becomes its slices, slices without objects are skipped; errors name ``name``."""
+    slices = _split_slices(np.asarray(image), np.asarray(labels), name)
+    out = []
+    for z, (im, lab) in enumerate(slices):
+        lab = check_labels(lab, name)
+        if lab.max() > 0:
+            out.append((im, lab, name if len(slices) == 1 else f"{name} [slice {z}]"))
+    if not out:
+        raise ValueError(f"{name}: the label image has no objects (all zero)")
+    return out
+
+
+class PairsDataset(Sequence):
+    """Validated 2-D (image, instance labels) pairs from any Python sequence of pairs.
+
+    Items may be ``(image, labels)`` tuples, dicts with those keys or objects with those attributes
+    (:func:`as_pair`); 3-D stacks are split into slices (slices without objects skipped). Everything
+    is checked up front, so an error names the item (``names``, default "item <index>").
+    """
+
+    def __init__(self, pairs: Sequence[Any], names: Sequence[str] | None = None) -> None:
+        if len(pairs) == 0:
+            raise ValueError("no training pairs: give at least one (image, labels) pair")
+        if names is not None and len(names) != len(pairs):
+            raise ValueError(f"{len(names)} names for {len(pairs)} pairs")
+        self.items: list[tuple[np.ndarray, np.ndarray]] = []
+        self.names: list[str] = []
+        for index in range(len(pairs)):
+            name = names[index] if names is not None else f"item {index}"
+            for image, labels, part in object_slices(*as_pair(pairs[index]), name):
+                self.items.append((image, labels))
+                self.names.append(part)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.items[index]
+
+
+class FolderDataset(PairsDataset):
     """Pairs of (image, instance labels) read from two folders, 3-D stacks split into 2-D slices.
 
     Labels are matched to images by file name (same stem, optionally with a suffix such as
@@ -174,28 +218,12 @@ class FolderDataset(Sequence):
         for d in (images_dir, labels_dir):
             if not d.is_dir():
                 raise FileNotFoundError(f"not a folder: {d}")
-        self.items: list[tuple[np.ndarray, np.ndarray]] = []
-        self.names: list[str] = []
-        for img_path, lab_path in _match_labels(images_dir, labels_dir):
-            name = f"{img_path.name} / {lab_path.name}"
-            image, labels = _load_image_file(img_path), _load_image_file(lab_path)
-            slices = _split_slices(image, labels, name)
-            kept = 0
-            for z, (im, lab) in enumerate(slices):
-                lab = check_labels(lab, name)
-                if lab.max() == 0:
-                    continue
-                self.items.append((im, lab))
-                self.names.append(name if len(slices) == 1 else f"{name} [slice {z}]")
-                kept += 1
-            if kept == 0:
-                raise ValueError(f"{name}: the label image has no objects (all zero)")
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.items[index]
+        self.images_dir, self.labels_dir = images_dir, labels_dir
+        files = _match_labels(images_dir, labels_dir)
+        super().__init__(
+            [(_load_image_file(img), _load_image_file(lab)) for img, lab in files],
+            names=[f"{img.name} / {lab.name}" for img, lab in files],
+        )
 
 
 def _crop_pair(

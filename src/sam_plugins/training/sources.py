@@ -44,21 +44,27 @@ class _GeneratedSource(Sequence):
         return pair
 
 
-def make_sources(config: TrainConfig) -> tuple[Sequence, Sequence]:
-    """(train, validation) sources of (image, labels) pairs for a config."""
+def make_sources(config: TrainConfig, dataset: Sequence | None = None) -> tuple[Sequence, Sequence]:
+    """(train, validation) sources of (image, labels) pairs for a config. For ``data`` "dataset"
+    (or "folder", already read) ``dataset`` holds the pairs, split by ``val_fraction``."""
     if config.data == "synthetic":
         pool = config.train_pool if config.train_pool > 0 else 2**31 - 1
         train = _GeneratedSource(config.seed, 1, pool, config.synthetic, cache=config.train_pool > 0)
         val = _GeneratedSource(config.seed, 2, config.val_images, config.synthetic, cache=True)
         return train, val
-    if config.data == "folder":
-        from .data import FolderDataset, warn_small_dataset
+    if config.data in ("folder", "dataset"):
+        from .data import FolderDataset, PairsDataset, warn_small_dataset
 
-        if not config.images_dir or not config.labels_dir:
+        if dataset is not None:  # already read (a FolderDataset for "folder") or pairs in memory
+            full = dataset if isinstance(dataset, PairsDataset) else PairsDataset(dataset)
+        elif config.data == "dataset":
+            raise ValueError("data = 'dataset' needs its pairs: train(config, dataset=[(image, labels)])")
+        elif not config.images_dir or not config.labels_dir:
             raise ValueError("data = 'folder' needs images_dir and labels_dir")
-        full = FolderDataset(config.images_dir, config.labels_dir)
+        else:
+            full = FolderDataset(config.images_dir, config.labels_dir)
         return split_dataset(full, config.val_fraction, config.seed, warn_small_dataset)
-    raise ValueError(f"unknown data source {config.data!r} (synthetic or folder)")
+    raise ValueError(f"unknown data source {config.data!r} (synthetic, folder or dataset)")
 
 
 def split_dataset(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from ..models.configs import (
 from .aux_head import DenseAuxHead, dense_aux_loss
 from .data import TrainExample
 from .distill import OrientationTeacher, distill_loss
+from .hardware import cpu_lacks_bf16, resolve_device, resolve_precision, training_autocast
 from .init import init_weights
 from .losses import sam_loss
 from .prompts import jitter_boxes, mask_prompt_from_gt, sample_correction_points, sample_positive_points
@@ -39,6 +40,7 @@ from .sources import draw_examples, make_sources, split_dataset, step_examples
 
 __all__ = [  # the data-source helpers live in sources.py; importable from here as before
     "TrainConfig",
+    "TrainingCancelled",
     "build_model",
     "draw_examples",
     "evaluate",
@@ -66,7 +68,8 @@ class TrainConfig:
     init_checkpoint: str | None = None
     init: str = "vit"  # from-scratch initialisation: "vit" (truncated normal, sin-cos positions) or "torch"
     init_qk_gain: float = 2.0  # > 0: decoder attention starts with tied q/k projections (0 = off)
-    # data: "synthetic" (sam_plugins.training.synthetic) or "folder" (images_dir + labels_dir)
+    # data: "synthetic" (sam_plugins.training.synthetic), "folder" (images_dir + labels_dir) or
+    # "dataset" (pairs in memory, passed as train(..., dataset=); sam_plugins.training.finetune)
     data: str = "synthetic"
     synthetic: dict = field(default_factory=dict)
     train_pool: int = 0  # > 0: draw training images from this many fixed generated ones
@@ -159,6 +162,8 @@ class TrainConfig:
         return cls(**data)
 
     def __post_init__(self) -> None:
+        if self.data not in ("synthetic", "folder", "dataset"):
+            raise ValueError(f"data must be 'synthetic', 'folder' or 'dataset', got {self.data!r}")
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         if self.loss_upscale not in (1, 2, 4):
@@ -406,20 +411,6 @@ def evaluate(
 # --- the loop -----------------------------------------------------------------------------------
 
 
-def resolve_device(name: str) -> torch.device:
-    """The training device: "auto" picks CUDA, then Apple MPS, then the CPU."""
-    if name != "auto":
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {name!r} asked for, but PyTorch sees no CUDA GPU; use device = 'cpu'")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
 def lr_factor(step: int, config: TrainConfig) -> float:
     """Linear warm-up to 1, then cosine decay to min_lr_ratio at the last step."""
     if step < config.warmup_steps:
@@ -463,44 +454,30 @@ def moving_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_util
     return ema
 
 
-def training_autocast(config: TrainConfig, device: torch.device | str) -> torch.autocast:
-    """The context the forward pass and loss run in: bfloat16 autocast where the precision
-    (resolved for `device`, see `resolve_precision`) is "bf16"."""
-    device = torch.device(device)
-    enabled = resolve_precision(config.precision, device) == "bf16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+class TrainingCancelled(Exception):
+    """`train` stopped at `cancel`'s request; the run's state at `step` is saved (`checkpoint`,
+    and resume.pt beside it: `train(config, resume=True)` goes on from there)."""
+
+    def __init__(self, step: int, checkpoint: Path) -> None:
+        super().__init__(f"training cancelled at step {step}; its state is saved in {checkpoint.parent}")
+        self.step, self.checkpoint = step, checkpoint
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """ "fp32" or "bf16" for a configured precision: "auto" is bf16 on a CUDA device that supports
-    it and on a CPU with bfloat16 instructions (AVX512-BF16, AMX), fp32 elsewhere."""
-    if precision != "auto":
-        return precision
-    device = torch.device(device)
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    if device.type == "cpu":
-        return "fp32" if cpu_lacks_bf16() or not cpu_flags() else "bf16"
-    return "fp32"
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    dataset: Sequence[Any] | None = None,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Path:
+    """Train (or resume) a run in `config.run_dir`; returns the path of the final `model.pt`.
 
-
-def cpu_flags() -> str:
-    """The CPU feature flags as /proc/cpuinfo lists them; "" where that cannot be read."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    return next((line for line in text.splitlines() if line.startswith("flags")), "")
-
-
-def cpu_lacks_bf16() -> bool:
-    """True when the CPU flags show no bfloat16 instructions (AVX512-BF16, AMX); False if unknown."""
-    flags = cpu_flags()
-    return bool(flags) and not any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
-
-
-def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Train (or resume) a run in `config.run_dir`; returns the path of the final `model.pt`."""
+    `dataset`: the (image, labels) pairs for `data = "dataset"` (see `make_sources`).
+    `on_step(done, total, numbers)` is called after every step with its loss and last-round IoU
+    (and the validation mIoUs after a validation). `cancel()` is asked before every step; when it
+    returns True the run saves its state and raises `TrainingCancelled`.
+    """
     if config.threads > 0:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -543,7 +520,7 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
         ema.load_state_dict(state["ema"])
     saved = model if ema is None else ema.module  # what checkpoints and validation see
     (run_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
-    train_src, val_src = make_sources(config)
+    train_src, val_src = make_sources(config, dataset)
     val_config = replace(config, objects_per_image=config.val_objects)
     val_examples = draw_examples(
         val_src,
@@ -578,6 +555,10 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
     with log_path.open("a") as logf:
         batches = step_examples(config, train_src, image_size, start, config.steps)
         for step, examples in zip(range(start, config.steps), batches, strict=True):
+            if cancel is not None and cancel():
+                if bar is not None:
+                    bar.close()
+                raise TrainingCancelled(step, checkpoint(step, val=val))
             rng = np.random.default_rng([config.seed, 6, step])  # prompts and corrections
             scale = lr_factor(step, config)
             for g in optimizer.param_groups:
@@ -609,6 +590,9 @@ def train(config: TrainConfig, resume: bool = False, log: Callable[[str], None] 
                 logf.flush()
                 log(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in val.items()))
                 t_last = time.perf_counter()
+            if on_step is not None:
+                latest = {f"val_{k}": v for k, v in val.items()}
+                on_step(done, config.steps, {"loss": loss.item(), "iou": stats["iou_last"], **latest})
             if done % config.checkpoint_every == 0 and done < config.steps:
                 checkpoint(done, val=val)
     if bar is not None:
