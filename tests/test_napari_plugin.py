@@ -22,7 +22,10 @@ def test_manifest_is_valid_and_shipped_in_the_package():
     assert packaged.read_text() == (ROOT / "napari.yaml").read_text()
     manifest = npe2.PluginManifest.from_distribution("sam-plugins")
     assert manifest.name == "sam-plugins"
-    assert [w.display_name for w in manifest.contributions.widgets] == ["Segment Anything"]
+    assert [w.display_name for w in manifest.contributions.widgets] == [
+        "Segment Anything",
+        "Fine-tune on your labels",
+    ]
     assert {s.key for s in manifest.contributions.sample_data} == {"cells-2d", "nuclei-3d"}
     out = subprocess.run(
         [sys.executable, "-m", "npe2", "validate", "sam-plugins"], capture_output=True, text=True

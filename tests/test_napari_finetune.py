@@ -1,0 +1,97 @@
+"""The "Fine-tune on your labels" widget in a real napari viewer (Xvfb): an image and its Labels
+layer -> a checkpoint, in a worker with progress and cancel, handed to the annotator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_helpers import PLUGIN, notifications, tiny_model
+
+pytestmark = pytest.mark.gui
+FINETUNE = "Fine-tune on your labels"
+
+
+@pytest.fixture
+def trainer_widget(make_napari_viewer, tmp_path: Path):
+    """The sample cells with their ground truth as the labels, a tiny model to start from."""
+    from sam_plugins.models.checkpoints import save_checkpoint
+    from sam_plugins.napari._widget import CHECKPOINT_CHOICE
+
+    torch.set_num_threads(1)
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "cells-2d")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, FINETUNE)
+    torch.manual_seed(0)
+    start = save_checkpoint(tmp_path / "tiny.pt", tiny_model(), {})
+    widget.image.value = viewer.layers["cells"]
+    widget.labels.value = viewer.layers["cells ground truth"]
+    widget.model.value = CHECKPOINT_CHOICE
+    widget.checkpoint.value = start
+    widget.out.value = tmp_path / "mine.pt"
+    return viewer, widget, start
+
+
+def wait_done(qtbot, widget, timeout: int = 120_000) -> None:
+    qtbot.waitUntil(lambda: widget.job is None, timeout=timeout)
+
+
+def test_finetune_widget_trains_saves_and_hands_the_model_to_the_annotator(trainer_widget, qtbot, tmp_path):
+    viewer, widget, start = trainer_widget
+    from sam_plugins import load_model
+    from sam_plugins.napari._finetune import FinetuneWidget
+    from sam_plugins.napari._widget import CHECKPOINT_CHOICE
+
+    assert isinstance(widget, FinetuneWidget)
+    assert not widget.checkpoint.native.isHidden()
+    widget.steps.value = 2
+    widget.start()
+    assert widget.job is not None and not widget.start_button.enabled  # off the UI thread
+    wait_done(qtbot, widget)
+    out = tmp_path / "mine.pt"
+    assert widget.result == out and out.exists()
+    assert widget.progress.value == 2 and widget.progress.max == 2
+    assert "Saved the fine-tuned model" in widget.status.value
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert ckpt["meta"]["train_config"]["init_checkpoint"] == str(start)
+    assert ckpt["meta"]["train_config"]["steps"] == 2
+    load_model(str(out), device="cpu")  # loads like any checkpoint
+    assert Path(str(widget.out.value)) != out and not Path(str(widget.out.value)).exists()  # next name
+
+    annotator = widget.use_in_annotator()
+    assert annotator.model.value == CHECKPOINT_CHOICE and Path(annotator.checkpoint.value) == out
+    assert annotator._requested_model()[1] == str(out)
+
+
+def test_cancel_stops_after_a_step_and_saves_no_model(trainer_widget, qtbot, tmp_path):
+    viewer, widget, _ = trainer_widget
+    widget.steps.value = 500
+    widget.start()
+    qtbot.waitUntil(lambda: widget.progress.value >= 1, timeout=60_000)
+    assert "Step" in widget.status.value and "left" in widget.status.value
+    widget.cancel()
+    wait_done(qtbot, widget)
+    assert widget.result is None and not (tmp_path / "mine.pt").exists()
+    assert "Cancelled at step" in widget.status.value and not widget.use_button.enabled
+    assert widget.start_button.enabled
+
+
+def test_bad_choices_are_refused_before_training(trainer_widget, tmp_path):
+    viewer, widget, _ = trainer_widget
+    cells = viewer.layers["cells"].data
+    viewer.add_labels(np.zeros((64, 64), np.int32), name="small")
+    viewer.add_labels(np.zeros(cells.shape[:2], np.int32), name="empty")
+    cases = [
+        ("small", tmp_path / "a.pt", "differ in size"),
+        ("empty", tmp_path / "b.pt", "no objects yet"),
+        ("cells ground truth", tmp_path / "tiny.pt", "exists; choose another name"),
+    ]
+    for labels, out, message in cases:
+        widget.labels.value = viewer.layers[labels]
+        widget.out.value = out
+        widget.start()
+        assert widget.job is None and message in widget.status.value
+        assert any(message in n for n in notifications())
