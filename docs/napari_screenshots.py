@@ -3,16 +3,18 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python docs/napari_screenshots.py [--model tiny]
 
 Every step is what a user does: open the sample, click cells, commit, segment everything,
-propagate through the 3-D sample. `--model tiny` uses the random-weight test model (checks the
-script, masks are meaningless); a name or checkpoint file uses that model; the default is the
-embedded model. Prompts go on the cells that stand most apart from their neighbours in the
-sample's ground truth (what a user would click first); the script prints how well each mask
-matches the ground truth, so a poor screenshot shows up in its output.
+fine-tune on the committed cells, propagate through the 3-D sample. `--model tiny` uses the
+random-weight test model (checks the script, masks are meaningless); a name or checkpoint file
+uses that model; the default is the embedded model. Prompts go on the cells that stand most
+apart from their neighbours in the sample's ground truth (what a user would click first); the
+script prints how well each mask matches the ground truth, so a poor screenshot shows up in its
+output.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -146,7 +148,9 @@ def main() -> None:
     import napari
 
     from sam_plugins.automatic.tuning import match_f1
+    from sam_plugins.models.checkpoints import save_checkpoint
     from sam_plugins.napari import annotate
+    from sam_plugins.napari._widget import CHECKPOINT_CHOICE
 
     OUT.mkdir(exist_ok=True)
     viewer = napari.Viewer(show=True)
@@ -217,6 +221,24 @@ def main() -> None:
     )
     viewer.reset_view()
     shot(viewer, "5_everything")
+
+    # fine-tune on the cells committed above (the workflow docs/napari.md describes): a short run
+    _, tuner = viewer.window.add_plugin_dock_widget("sam-plugins", "Fine-tune on your labels")
+    tuner.image.value = viewer.layers["cells"]
+    tuner.labels.value = viewer.layers["committed objects"]
+    if model is not None and not isinstance(model, str):  # the dry run's tiny model
+        tuner.model.value = CHECKPOINT_CHOICE
+        tuner.checkpoint.value = save_checkpoint(Path(tempfile.mkdtemp()) / "tiny.pt", model, {})
+    elif isinstance(model, str):
+        tuner.model.value = model if model in tuner.model.choices else CHECKPOINT_CHOICE
+        tuner.checkpoint.value = model
+    tuner.steps.value = 10
+    tuner.out.value = Path(tempfile.mkdtemp()) / "cells-finetuned.pt"
+    tuner.start()
+    wait(tuner)
+    print(f"fine-tune: {tuner.status.value}")
+    shot(viewer, "7_finetune")
+    viewer.window.remove_dock_widget(tuner)
 
     for layer in list(viewer.layers):
         viewer.layers.remove(layer)

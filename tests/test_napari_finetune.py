@@ -59,7 +59,7 @@ def test_finetune_widget_trains_saves_and_hands_the_model_to_the_annotator(train
     assert ckpt["meta"]["train_config"]["init_checkpoint"] == str(start)
     assert ckpt["meta"]["train_config"]["steps"] == 2
     load_model(str(out), device="cpu")  # loads like any checkpoint
-    assert Path(str(widget.out.value)) != out and not Path(str(widget.out.value)).exists()  # next name
+    assert Path(str(widget.out.value)) == tmp_path / "mine-2.pt"  # the next run gets a free name
 
     annotator = widget.use_in_annotator()
     assert annotator.model.value == CHECKPOINT_CHOICE and Path(annotator.checkpoint.value) == out

@@ -144,9 +144,12 @@ class FinetuneWidget(QWidget):
         typed = current not in ("", ".", str(self._suggested))
         if layer is None or (typed and not Path(current).exists()):
             return
-        source = getattr(getattr(layer, "source", None), "path", None)
-        folder = Path(source).parent if source else Path.home() / "sam-plugins" / "models"
-        self._suggested = free_path(folder, f"{layer.name}-finetuned")
+        if typed:  # the user's file now exists (a finished run): the next free name beside it
+            self._suggested = free_path(Path(current).parent, Path(current).stem)
+        else:
+            source = getattr(getattr(layer, "source", None), "path", None)
+            folder = Path(source).parent if source else Path.home() / "sam-plugins" / "models"
+            self._suggested = free_path(folder, f"{layer.name}-finetuned")
         self.out.value = self._suggested
 
     # ------------------------------------------------------------------ the run

@@ -59,6 +59,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(whole if its long side is at most 1.5x the model input, else 1x crops like the widget's tiles)",
     )
     f.add_argument("--freeze-encoder", action="store_true", help="train only the prompt encoder and decoder")
+    f.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default=FINETUNE_DEFAULTS["precision"],
+        help="auto (default): bfloat16 autocast where the CPU/GPU has bfloat16 instructions, else fp32",
+    )
     f.add_argument("--val-fraction", type=float, default=0.1)
     f.add_argument("--channel", type=int, help="channel of multichannel images to use")
     f.add_argument("--seed", type=int, default=0)
@@ -124,6 +130,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         images_per_step=args.images_per_step,
         objects_per_image=args.objects_per_image,
         freeze_encoder=args.freeze_encoder,
+        precision=args.precision,
         val_fraction=args.val_fraction,
         channel=args.channel,
         seed=args.seed,
