@@ -286,4 +286,7 @@ class SegmentWithSam(foo.Operator):
 
 def register(plugin) -> None:
     """Register this package's operators with a FiftyOne plugin context."""
+    from .finetune_operator import FinetuneSam
+
     plugin.register(SegmentWithSam)
+    plugin.register(FinetuneSam)
