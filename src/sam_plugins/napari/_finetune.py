@@ -20,6 +20,7 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
+from ..training.data import PairsDataset
 from ._widget import CHECKPOINT_CHOICE, _device_choices, _group, _model_choices
 from ._workers import JobHandle, start_job
 
@@ -30,9 +31,9 @@ PLUGIN, ANNOTATOR = "sam-plugins", "Segment Anything"
 DEFAULT_STEPS = 200
 
 
-def layer_pairs(image: Image, labels: Labels) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The (image, labels) training pairs of two layers (copies: editing the layers while training
-    changes nothing); 3-D stacks are used slice by slice by the trainer."""
+def layer_pairs(image: Image, labels: Labels) -> PairsDataset:
+    """The checked training pairs of two layers (copies: editing the layers while training changes
+    nothing); a 3-D stack gives its slices with objects. Errors name the layers."""
     if image.multiscale:
         raise ValueError(
             f"'{image.name}' is a multiscale (pyramid) image; "
@@ -48,7 +49,7 @@ def layer_pairs(image: Image, labels: Labels) -> list[tuple[np.ndarray, np.ndarr
         )
     if lab.ndim not in (2, 3):
         raise ValueError(f"'{labels.name}' has {lab.ndim} dimensions; train on 2-D images or 3-D stacks")
-    return [(data.copy(), lab.copy())]
+    return PairsDataset([(data.copy(), lab.copy())], names=[f"'{image.name}' / '{labels.name}'"])
 
 
 def free_path(folder: Path, stem: str) -> Path:
@@ -201,7 +202,7 @@ class FinetuneWidget(QWidget):
             on_finished=lambda: self._running(False),
         )
 
-    def _checked_request(self) -> tuple[list[tuple[np.ndarray, np.ndarray]], Path, str]:
+    def _checked_request(self) -> tuple[PairsDataset, Path, str]:
         image, labels = self.image.value, self.labels.value
         if image is None or labels is None:
             raise ValueError("Fine-tuning needs an image layer and a Labels layer with objects drawn on it.")
@@ -216,10 +217,9 @@ class FinetuneWidget(QWidget):
             model = str(self.checkpoint.value)
             if not Path(model).is_file():
                 raise ValueError(f"Checkpoint {model} is not a file; choose the model to start from.")
-        pairs = layer_pairs(image, labels)
-        if not np.any(pairs[0][1]):
+        if not np.any(labels.data):
             raise ValueError(f"'{labels.name}' has no objects yet; label some objects first.")
-        return pairs, out, model
+        return layer_pairs(image, labels), out, model
 
     def _running(self, running: bool) -> None:
         self.start_button.enabled = not running

@@ -69,7 +69,7 @@ class TrainConfig:
     init: str = "vit"  # from-scratch initialisation: "vit" (truncated normal, sin-cos positions) or "torch"
     init_qk_gain: float = 2.0  # > 0: decoder attention starts with tied q/k projections (0 = off)
     # data: "synthetic" (sam_plugins.training.synthetic), "folder" (images_dir + labels_dir) or
-    # "dataset" (pairs in memory, passed as train(..., dataset=); sam_plugins.training.finetune)
+    # "dataset" (pairs in memory, passed as train(..., dataset=); sam_plugins.finetune)
     data: str = "synthetic"
     synthetic: dict = field(default_factory=dict)
     train_pool: int = 0  # > 0: draw training images from this many fixed generated ones
