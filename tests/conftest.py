@@ -19,6 +19,7 @@ os.environ.setdefault("FIFTYONE_DATABASE_DIR", tempfile.mkdtemp(prefix="sam-plug
 # the widget's on-disk embedding cache: one per test session, never the user's
 os.environ["SAM_PLUGINS_EMBEDDING_DIR"] = tempfile.mkdtemp(prefix="sam-plugins-embeddings-")
 
+from fo_fixtures import fo_session, make_cell_images, tiny_checkpoint  # noqa: E402, F401 (fo_session: a fixture)
 from reference import import_segment_anything  # noqa: E402
 from sam_plugins.models.builtin import EMBEDDED_MODEL_FILE  # noqa: E402
 from sam_plugins.models.configs import TINY, SamConfig, build_sam  # noqa: E402
@@ -132,6 +133,29 @@ def make_pair(config: SamConfig, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_pair():
     return make_pair(TINY)
+
+
+# -- FiftyOne (fo_fixtures.py): the database, the installed plugin, generated cells, a tiny model --
+@pytest.fixture(scope="module")
+def fo(fo_session):  # noqa: F811 (the fixture imported above)
+    """`fiftyone` with this package's plugin installed in the test plugins dir."""
+    from sam_plugins.cli import main as cli_main
+
+    fo_session.config.plugins_dir = os.environ["FIFTYONE_PLUGINS_DIR"]
+    assert cli_main(["fiftyone", "install"]) == 0
+    return fo_session
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory):
+    """Three generated 96 x 96 nuclei images on disk, with their labels."""
+    return make_cell_images(tmp_path_factory.mktemp("fo_cells"), n=3, size=96)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random-weight TINY checkpoint file (its path as a string)."""
+    return str(tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt"))
 
 
 def pytest_collection_modifyitems(config, items):

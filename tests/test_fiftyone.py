@@ -14,27 +14,10 @@ import numpy as np
 import pytest
 
 import sam_plugins
-from fo_fixtures import TINY_AMG, fo_session, make_cell_images, make_cells_dataset, tiny_checkpoint  # noqa: F401
+from fo_fixtures import TINY_AMG, make_cells_dataset, tiny_checkpoint
 from sam_plugins.cli import main as cli_main
 
 URI = "@sam-plugins/sam/segment"
-
-
-@pytest.fixture(scope="module")
-def fo(fo_session):  # noqa: F811
-    fo_session.config.plugins_dir = os.environ["FIFTYONE_PLUGINS_DIR"]
-    assert cli_main(["fiftyone", "install"]) == 0
-    return fo_session
-
-
-@pytest.fixture(scope="module")
-def cells(tmp_path_factory):
-    return make_cell_images(tmp_path_factory.mktemp("fo_cells"), n=3, size=96)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt"))
 
 
 @pytest.fixture

@@ -3,34 +3,14 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 
 import sam_plugins
-from fo_fixtures import fo_session, make_cell_images, mask_iou, tiny_checkpoint  # noqa: F401
-from sam_plugins.cli import main as cli_main
+from fo_fixtures import mask_iou
 
 URI = "@sam-plugins/sam/finetune"
-
-
-@pytest.fixture(scope="module")
-def fo(fo_session):  # noqa: F811
-    fo_session.config.plugins_dir = os.environ["FIFTYONE_PLUGINS_DIR"]
-    assert cli_main(["fiftyone", "install"]) == 0
-    return fo_session
-
-
-@pytest.fixture(scope="module")
-def cells(tmp_path_factory):
-    return make_cell_images(tmp_path_factory.mktemp("fo_ft_cells"), n=3, size=96)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return str(tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt"))
 
 
 def detections_of(fo, labels: np.ndarray):

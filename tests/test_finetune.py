@@ -16,6 +16,8 @@ from sam_plugins.training.data import FolderDataset, PairsDataset
 from sam_plugins.training.trainer import TrainingCancelled, train
 from training_helpers import disk_scene, one_thread, write_pair  # noqa: F401 (one_thread: autouse)
 
+QUIET = {"progress": False, "log": lambda s: None}  # no progress bar, no log lines
+
 
 @pytest.fixture
 def start(tmp_path: Path) -> Path:
@@ -36,8 +38,7 @@ def test_finetune_on_pairs_in_memory_writes_a_loadable_checkpoint(tmp_path: Path
         str(start),
         steps=3,
         crop_size=96,
-        progress=False,
-        log=lambda s: None,
+        **QUIET,
         on_step=lambda done, total, numbers: seen.append((done, total, numbers)),
     )
     assert out == tmp_path / "mine.pt" and out.exists()
@@ -55,8 +56,8 @@ def test_finetune_on_pairs_in_memory_writes_a_loadable_checkpoint(tmp_path: Path
     assert (tmp_path / "mine-run" / "finetune-mine" / "log.jsonl").exists()
     # an existing output is kept unless overwrite=True
     with pytest.raises(FileExistsError, match="overwrite"):
-        sam_plugins.finetune(pairs, out, str(start), steps=1, progress=False, log=lambda s: None)
-    sam_plugins.finetune(pairs, out, str(start), steps=1, overwrite=True, progress=False, log=lambda s: None)
+        sam_plugins.finetune(pairs, out, str(start), steps=1, **QUIET)
+    sam_plugins.finetune(pairs, out, str(start), steps=1, overwrite=True, **QUIET)
 
 
 def test_cancel_stops_the_run_keeps_its_state_and_writes_no_output(tmp_path: Path, start: Path):

@@ -49,6 +49,8 @@ def layer_pairs(image: Image, labels: Labels) -> PairsDataset:
         )
     if lab.ndim not in (2, 3):
         raise ValueError(f"'{labels.name}' has {lab.ndim} dimensions; train on 2-D images or 3-D stacks")
+    if not lab.any():
+        raise ValueError(f"'{labels.name}' has no objects yet; label some objects first.")
     return PairsDataset([(data.copy(), lab.copy())], names=[f"'{image.name}' / '{labels.name}'"])
 
 
@@ -217,8 +219,6 @@ class FinetuneWidget(QWidget):
             model = str(self.checkpoint.value)
             if not Path(model).is_file():
                 raise ValueError(f"Checkpoint {model} is not a file; choose the model to start from.")
-        if not np.any(labels.data):
-            raise ValueError(f"'{labels.name}' has no objects yet; label some objects first.")
         return layer_pairs(image, labels), out, model
 
     def _running(self, running: bool) -> None:
