@@ -8,6 +8,7 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from .operators import _fields_of, _model_choices
 from .training import TRAINING_TYPES, finetune
 
 OPERATOR_NAME = "finetune"
@@ -15,10 +16,7 @@ DEFAULT_STEPS = 300
 
 
 def _training_fields(view) -> list[str]:
-    names: set[str] = set()
-    for kind in TRAINING_TYPES:
-        names.update(view.get_field_schema(embedded_doc_type=kind))
-    return sorted(names)
+    return sorted({name for kind in TRAINING_TYPES for name in _fields_of(view, kind)})
 
 
 def check_out(out: str | None, overwrite: bool) -> str | None:
@@ -69,11 +67,15 @@ class FinetuneSam(foo.Operator):
         if not fields.values():
             prop.invalid = True
             prop.error_message = "this dataset has no Detections, Polylines or Segmentation field"
+        models = types.AutocompleteView()
+        for name in _model_choices():
+            models.add_choice(name, label=name)
         inputs.str(
             "model",
             default="default",
             label="Start from",
             description="the embedded default, a registered model name, or a checkpoint path",
+            view=models,
         )
         inputs.int("steps", default=DEFAULT_STEPS, min=1, label="Steps", description="of 2 crops x 8 objects")
         inputs.bool(
