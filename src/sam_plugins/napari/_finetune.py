@@ -34,14 +34,13 @@ DEFAULT_STEPS = 200
 def layer_pairs(image: Image, labels: Labels) -> PairsDataset:
     """The checked training pairs of two layers (copies: editing the layers while training changes
     nothing); a 3-D stack gives its slices with objects. Errors name the layers."""
-    if image.multiscale:
-        raise ValueError(
-            f"'{image.name}' is a multiscale (pyramid) image; "
-            "add the region to train on as a plain image layer"
-        )
-    data = np.asarray(image.data)
+    for layer in (image, labels):
+        if layer.multiscale:
+            raise ValueError(
+                f"'{layer.name}' is a multiscale (pyramid) layer; add the region to train on as a plain layer"
+            )
+    data, lab = np.array(image.data), np.array(labels.data)  # copies (dask / zarr data are read)
     spatial = data.shape[:-1] if image.rgb else data.shape
-    lab = np.asarray(labels.data[0] if labels.multiscale else labels.data)
     if lab.shape != spatial:
         raise ValueError(
             f"'{image.name}' ({'x'.join(map(str, spatial))}) and '{labels.name}' "
@@ -51,7 +50,7 @@ def layer_pairs(image: Image, labels: Labels) -> PairsDataset:
         raise ValueError(f"'{labels.name}' has {lab.ndim} dimensions; train on 2-D images or 3-D stacks")
     if not lab.any():
         raise ValueError(f"'{labels.name}' has no objects yet; label some objects first.")
-    return PairsDataset([(data.copy(), lab.copy())], names=[f"'{image.name}' / '{labels.name}'"])
+    return PairsDataset([(data, lab)], names=[f"'{image.name}' / '{labels.name}'"])
 
 
 def free_path(folder: Path, stem: str) -> Path:
@@ -236,7 +235,7 @@ class FinetuneWidget(QWidget):
             text += f" Loss {numbers['loss']:.3f}."
             if "val_point_miou" in numbers:
                 text += (
-                    f" Held-out objects: one click {numbers['val_point_miou']:.2f}, "
+                    f" Validation: one click {numbers['val_point_miou']:.2f}, "
                     f"box {numbers['val_box_miou']:.2f} mean IoU."
                 )
         self.status.value = text
