@@ -95,3 +95,27 @@ def test_bad_choices_are_refused_before_training(trainer_widget, tmp_path):
         widget.start()
         assert widget.job is None and message in widget.status.value
         assert any(message in n for n in notifications())
+
+
+def test_a_partly_labelled_stack_trains_on_its_labelled_slices(make_napari_viewer, qtbot, tmp_path):
+    from sam_plugins.models.checkpoints import save_checkpoint
+    from sam_plugins.napari._finetune import layer_pairs
+    from sam_plugins.napari._widget import CHECKPOINT_CHOICE
+
+    viewer = make_napari_viewer()
+    yy, xx = np.mgrid[:96, :96]
+    stack = np.zeros((5, 96, 96), np.int32)
+    stack[1][(yy - 40) ** 2 + (xx - 30) ** 2 < 100] = 1
+    stack[3][(yy - 60) ** 2 + (xx - 60) ** 2 < 144] = 2
+    image = viewer.add_image((20 + 150 * (stack > 0)).astype(np.uint8), name="stack")
+    labels = viewer.add_labels(stack, name="two slices")
+    assert [lab.max() for _, lab in layer_pairs(image, labels)] == [1, 2]  # the slices with objects
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, FINETUNE)
+    widget.image.value, widget.labels.value = image, labels
+    widget.model.value = CHECKPOINT_CHOICE
+    widget.checkpoint.value = save_checkpoint(tmp_path / "tiny.pt", tiny_model(), {})
+    widget.out.value = tmp_path / "stack.pt"
+    widget.steps.value = 1
+    widget.start()
+    wait_done(qtbot, widget)
+    assert widget.result == tmp_path / "stack.pt" and widget.result.exists()
