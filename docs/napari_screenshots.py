@@ -150,7 +150,7 @@ def main() -> None:
     from sam_plugins.automatic.tuning import match_f1
     from sam_plugins.models.checkpoints import save_checkpoint
     from sam_plugins.napari import annotate
-    from sam_plugins.napari._widget import CHECKPOINT_CHOICE
+    from sam_plugins.napari._controls import CHECKPOINT_CHOICE
 
     OUT.mkdir(exist_ok=True)
     viewer = napari.Viewer(show=True)
@@ -223,9 +223,8 @@ def main() -> None:
     shot(viewer, "5_everything")
 
     # fine-tune on the cells committed above (the workflow docs/napari.md describes): a short run
-    _, tuner = viewer.window.add_plugin_dock_widget("sam-plugins", "Fine-tune on your labels")
-    tuner.image.value = viewer.layers["cells"]
-    tuner.labels.value = viewer.layers["committed objects"]
+    tuner = widget.open_finetune()  # the annotator's button: its image, commit target and model
+    assert tuner.labels.value is viewer.layers["committed objects"]
     if model is not None and not isinstance(model, str):  # the dry run's tiny model
         tuner.model.value = CHECKPOINT_CHOICE
         tuner.checkpoint.value = save_checkpoint(Path(tempfile.mkdtemp()) / "tiny.pt", model, {})

@@ -19,7 +19,7 @@ FINETUNE = "Fine-tune on your labels"
 def trainer_widget(make_napari_viewer, tmp_path: Path):
     """The sample cells with their ground truth as the labels, a tiny model to start from."""
     from sam_plugins.models.checkpoints import save_checkpoint
-    from sam_plugins.napari._widget import CHECKPOINT_CHOICE
+    from sam_plugins.napari._controls import CHECKPOINT_CHOICE
 
     torch.set_num_threads(1)
     viewer = make_napari_viewer(show=True)
@@ -42,8 +42,8 @@ def wait_done(qtbot, widget, timeout: int = 120_000) -> None:
 def test_finetune_widget_trains_saves_and_hands_the_model_to_the_annotator(trainer_widget, qtbot, tmp_path):
     viewer, widget, start = trainer_widget
     from sam_plugins import load_model
+    from sam_plugins.napari._controls import CHECKPOINT_CHOICE
     from sam_plugins.napari._finetune import FinetuneWidget
-    from sam_plugins.napari._widget import CHECKPOINT_CHOICE
 
     assert isinstance(widget, FinetuneWidget)
     assert not widget.checkpoint.native.isHidden()
@@ -99,8 +99,8 @@ def test_bad_choices_are_refused_before_training(trainer_widget, tmp_path):
 
 def test_a_partly_labelled_stack_trains_on_its_labelled_slices(make_napari_viewer, qtbot, tmp_path):
     from sam_plugins.models.checkpoints import save_checkpoint
+    from sam_plugins.napari._controls import CHECKPOINT_CHOICE
     from sam_plugins.napari._finetune import layer_pairs
-    from sam_plugins.napari._widget import CHECKPOINT_CHOICE
 
     viewer = make_napari_viewer()
     yy, xx = np.mgrid[:96, :96]
@@ -119,3 +119,22 @@ def test_a_partly_labelled_stack_trains_on_its_labelled_slices(make_napari_viewe
     widget.start()
     wait_done(qtbot, widget)
     assert widget.result == tmp_path / "stack.pt" and widget.result.exists()
+
+
+def test_the_annotator_opens_fine_tuning_on_its_image_target_and_model(make_napari_viewer, tmp_path):
+    from napari_helpers import open_widget
+    from sam_plugins.models.checkpoints import save_checkpoint
+    from sam_plugins.napari._controls import CHECKPOINT_CHOICE
+
+    viewer = make_napari_viewer()
+    viewer.open_sample(PLUGIN, "cells-2d")
+    annotator = open_widget(viewer)
+    annotator.target.value = viewer.layers["cells ground truth"]
+    annotator.checkpoint.value = save_checkpoint(tmp_path / "mine.pt", tiny_model(), {})
+    annotator.model.value = CHECKPOINT_CHOICE
+    tuner = annotator.open_finetune()
+    assert tuner.image.value is viewer.layers["cells"]
+    assert tuner.labels.value is viewer.layers["cells ground truth"]
+    assert tuner.model.value == CHECKPOINT_CHOICE and Path(tuner.checkpoint.value) == tmp_path / "mine.pt"
+    assert not tuner.checkpoint.native.isHidden()
+    assert annotator.open_finetune() is tuner  # one fine-tune widget per viewer

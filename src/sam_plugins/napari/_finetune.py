@@ -21,7 +21,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from ..training.data import PairsDataset
-from ._widget import CHECKPOINT_CHOICE, _device_choices, _group, _model_choices
+from ._controls import CHECKPOINT_CHOICE, group, model_controls
 from ._workers import JobHandle, start_job
 
 if TYPE_CHECKING:
@@ -72,23 +72,13 @@ class FinetuneWidget(QWidget):
         self.result: Path | None = None
         self._started = 0.0
         self._suggested: Path | None = None
-        models = _model_choices()
-        from ..models.builtin import EMBEDDED_MODEL_NAME
-
         self.image = ComboBox(label="Image", choices=self._layers(Image))
         self.labels = ComboBox(
             label="Labels",
             choices=self._layers(Labels),
             tooltip="Instance labels of the image (one id per object); unlabelled objects are not used",
         )
-        self.model = ComboBox(
-            label="Start from",
-            choices=models,
-            value=EMBEDDED_MODEL_NAME if EMBEDDED_MODEL_NAME in models else models[0],
-        )
-        self.checkpoint = FileEdit(
-            label="Checkpoint", mode="r", filter="*.pt *.pth *.ckpt *.bin", visible=False
-        )
+        self.model, self.checkpoint, self.device = model_controls("Start from")
         self.steps = SpinBox(
             label="Steps",
             min=1,
@@ -98,7 +88,6 @@ class FinetuneWidget(QWidget):
             "per step on a laptop CPU",
         )
         self.decoder_only = CheckBox(text="Train the mask decoder only (faster, smaller gain)", value=False)
-        self.device = ComboBox(label="Device", choices=_device_choices(), value="auto")
         self.out = FileEdit(label="Save as", mode="w", filter="*.pt")
         self.start_button = PushButton(text="Fine-tune")
         self.cancel_button = PushButton(text="Cancel", visible=False)
@@ -108,13 +97,13 @@ class FinetuneWidget(QWidget):
         self.use_button = PushButton(text="Use in the annotator", enabled=False)
 
         layout = QVBoxLayout(self)
-        layout.addWidget(_group("Training data", self.image, self.labels))
+        layout.addWidget(group("Training data", self.image, self.labels))
         layout.addWidget(
-            _group(
+            group(
                 "Training", self.model, self.checkpoint, self.steps, self.decoder_only, self.device, self.out
             )
         )
-        layout.addWidget(_group("Run", self.start_button, self.cancel_button, self.progress))
+        layout.addWidget(group("Run", self.start_button, self.cancel_button, self.progress))
         layout.addWidget(self.status.native)
         layout.addWidget(self.use_button.native)
         layout.addStretch(1)

@@ -16,8 +16,6 @@ import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
-    Container,
-    FileEdit,
     FloatSpinBox,
     Label,
     ProgressBar,
@@ -25,12 +23,13 @@ from magicgui.widgets import (
     SpinBox,
 )
 from napari.layers import Image, Labels, Points, Shapes
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QGroupBox, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QScrollArea, QVBoxLayout, QWidget
 
 from ..volumes import StopCriteria
 from ._actions import ActionsMixin
+from ._controls import CHECKPOINT_CHOICE, group, model_controls
 from ._layer_setup import LayersMixin, same_layer
 from ._layers import CommitRecord, ImageSource, guess_axis
 from ._session import QUALITY_DEFAULT, STABILITY_DEFAULT, AnnotatorSession, engine_defaults
@@ -39,7 +38,6 @@ from ._workers import JobHandle, start_job
 if TYPE_CHECKING:
     import napari
 
-CHECKPOINT_CHOICE = "checkpoint file…"
 # How "segment everything" places its prompts (`sam_plugins.automatic.generator_for_model`).
 PROMPT_CHOICES = [
     ("one point per bright object (cells, nuclei)", "seeds"),
@@ -53,36 +51,6 @@ KEYS = {
     "Shift-E": "segment_everything",
     "Shift-S": "propagate",
 }
-
-
-def _model_choices() -> list[str]:
-    from .. import list_models
-
-    try:
-        names = [spec.name for spec in list_models()]
-    except Exception as err:  # a broken third-party provider must not break the widget
-        show_warning(f"Segment Anything: could not list models ({err})")
-        names = ["default"]
-    return [*names, CHECKPOINT_CHOICE]
-
-
-def _device_choices() -> list[str]:
-    import torch
-
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        devices.append("mps")
-    return devices
-
-
-def _group(title: str, *widgets: Any) -> QGroupBox:
-    box = QGroupBox(title)
-    layout = QVBoxLayout(box)
-    layout.setContentsMargins(4, 4, 4, 4)
-    layout.addWidget(Container(widgets=list(widgets)).native)
-    return box
 
 
 class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
@@ -114,20 +82,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
     # ------------------------------------------------------------------ UI
 
     def _build_controls(self) -> None:
-        models = _model_choices()
-        from ..models.builtin import EMBEDDED_MODEL_NAME
-
-        default = EMBEDDED_MODEL_NAME if EMBEDDED_MODEL_NAME in models else models[0]
-        self.model = ComboBox(
-            label="Model",
-            choices=models,
-            value=default,
-            tooltip="The embedded model works offline; vit_b/l/h are downloaded once.",
-        )
-        self.checkpoint = FileEdit(
-            label="Checkpoint", mode="r", filter="*.pt *.pth *.ckpt *.bin", visible=False
-        )
-        self.device = ComboBox(label="Device", choices=_device_choices(), value="auto")
+        self.model, self.checkpoint, self.device = model_controls("Model")
         self.orientations = ComboBox(
             label="Orientations",
             choices=[("1 (fastest)", 1), ("4", 4), ("8 (sharpest)", 8)],
@@ -159,6 +114,10 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self.commit_button = PushButton(text="Commit (C)")
         self.clear_button = PushButton(text="Clear (Shift-C)")
         self.undo_button = PushButton(text="Undo commit (U)")
+        self.finetune_button = PushButton(
+            text="Fine-tune on these labels…",
+            tooltip="Open 'Fine-tune on your labels' with this image, the commit target and this model",
+        )
         self.prompts = ComboBox(
             label="Prompts",
             choices=PROMPT_CHOICES,
@@ -216,9 +175,9 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
 
         content = QWidget()
         layout = QVBoxLayout(content)
-        layout.addWidget(_group("Model", self.model, self.checkpoint, self.device, self.orientations))
+        layout.addWidget(group("Model", self.model, self.checkpoint, self.device, self.orientations))
         layout.addWidget(
-            _group(
+            group(
                 "Image",
                 self.image,
                 self.axis,
@@ -230,7 +189,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         )
         layout.addWidget(self.status.native)
         layout.addWidget(
-            _group(
+            group(
                 "Interactive",
                 self.negative,
                 self.target,
@@ -238,10 +197,11 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
                 self.commit_button,
                 self.clear_button,
                 self.undo_button,
+                self.finetune_button,
             )
         )
         layout.addWidget(
-            _group(
+            group(
                 "Segment everything",
                 self.prompts,
                 self.points_per_side,
@@ -251,7 +211,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
                 self.auto_button,
             )
         )
-        self.volume_box = _group(
+        self.volume_box = group(
             "3-D / time",
             self.range_start,
             self.range_end,
@@ -282,6 +242,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self.commit_button.changed.connect(self.commit)
         self.clear_button.changed.connect(self.clear)
         self.undo_button.changed.connect(self.undo_commit)
+        self.finetune_button.changed.connect(self.open_finetune)
         self.auto_button.changed.connect(self.segment_everything)
         self.prompts.changed.connect(self._on_prompts_choice)
         self._rethreshold_timer = QTimer(self)
@@ -290,6 +251,16 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         for w in (self.quality, self.stability, self.min_area):
             w.changed.connect(self._rethreshold)
         self.propagate_button.changed.connect(self.propagate)
+
+    def open_finetune(self, _: Any = None) -> Any:
+        """Dock (or show) the fine-tune widget, set to this image, the commit target and this model."""
+        _, tuner = self.viewer.window.add_plugin_dock_widget("sam-plugins", "Fine-tune on your labels")
+        for mine, theirs in ((self.image, tuner.image), (self.target, tuner.labels)):
+            if mine.value is not None:
+                theirs.value = mine.value
+        tuner.checkpoint.value = self.checkpoint.value
+        tuner.model.value = self.model.value
+        return tuner
 
     def _image_layers(self, _: Any = None) -> list[Image]:
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
