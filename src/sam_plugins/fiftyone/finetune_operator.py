@@ -8,11 +8,13 @@ from typing import Any
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
+from sam_plugins.training.finetuning import FINETUNE_DEFAULTS
+
 from .operators import _fields_of, _model_choices
 from .training import TRAINING_TYPES, finetune
 
 OPERATOR_NAME = "finetune"
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = FINETUNE_DEFAULTS["steps"]  # as sam-plugins finetune and sam_plugins.finetune
 
 
 def _training_fields(view) -> list[str]:

@@ -18,6 +18,7 @@ import fiftyone as fo
 import numpy as np
 
 from sam_plugins.batch.worker import read_image
+from sam_plugins.training.finetuning import FINETUNE_DEFAULTS
 
 #: Label types a training field may have.
 TRAINING_TYPES: tuple[type, ...] = (fo.Detections, fo.Polylines, fo.Segmentation)
@@ -81,7 +82,7 @@ def finetune(
     out: str | Path,
     model: str = "default",
     *,
-    steps: int = 500,
+    steps: int = FINETUNE_DEFAULTS["steps"],
     overwrite: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
     **settings: Any,
