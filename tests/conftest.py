@@ -135,7 +135,7 @@ def tiny_pair():
     return make_pair(TINY)
 
 
-# -- FiftyOne (fo_fixtures.py): the database, the installed plugin, generated cells, a tiny model --
+# -- FiftyOne with the plugin installed; generated cells and a tiny model (fo_fixtures.py helpers) --
 @pytest.fixture(scope="module")
 def fo(fo_session):  # noqa: F811 (the fixture imported above)
     """`fiftyone` with this package's plugin installed in the test plugins dir."""

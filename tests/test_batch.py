@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import requires_embedded_model
-from fo_fixtures import TINY_AMG, boxes_from_labels, make_cell_images, tiny_checkpoint
+from fo_fixtures import TINY_AMG, boxes_from_labels
 from sam_plugins.batch import (
     SegmentSettings,
     Task,
@@ -20,16 +20,6 @@ from sam_plugins.batch import (
 )
 from sam_plugins.batch.folder import segment_folder
 from sam_plugins.batch.records import instance_from_mask, store_masks_on_disk
-
-
-@pytest.fixture(scope="module")
-def cells(tmp_path_factory):
-    return make_cell_images(tmp_path_factory.mktemp("cells"), n=3, size=96)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    return str(tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt"))
 
 
 def box_tasks(cells) -> list[Task]:
@@ -85,7 +75,7 @@ def test_settings_reject_unknown_parameters():
 
 
 # -- pipeline + local engine -----------------------------------------------------------------------
-def test_local_engine_boxes_chunks_and_failures(cells, tiny_ckpt, tmp_path):
+def test_local_engine_boxes_chunks_and_failures(cells, tiny, tmp_path):
     tasks = box_tasks(cells)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
@@ -94,7 +84,7 @@ def test_local_engine_boxes_chunks_and_failures(cells, tiny_ckpt, tmp_path):
     seen = []
     summary = run_batch(
         tasks,
-        SegmentSettings(mode="boxes", model=tiny_ckpt),
+        SegmentSettings(mode="boxes", model=tiny),
         chunks.append,
         chunk_size=3,
         progress=lambda done, total: seen.append((done, total)),
@@ -117,12 +107,12 @@ def test_local_engine_boxes_chunks_and_failures(cells, tiny_ckpt, tmp_path):
             assert crop.any(axis=0)[0] and crop.any(axis=0)[-1] and crop.any(axis=1)[0]  # tight box
 
 
-def test_mask_files_above_limit(cells, tiny_ckpt, tmp_path):
+def test_mask_files_above_limit(cells, tiny, tmp_path):
     tasks = box_tasks(cells)[:1]
     out = []
     run_batch(
         tasks,
-        SegmentSettings(mode="boxes", model=tiny_ckpt, mask_dir=str(tmp_path), inline_mask_limit=0),
+        SegmentSettings(mode="boxes", model=tiny, mask_dir=str(tmp_path), inline_mask_limit=0),
         out.extend,
     )
     inst = out[0].instances[0]
@@ -151,7 +141,7 @@ def test_boxes_mode_averages_orientations_as_the_core_predictor(cells):
         assert (inst.full_mask((96, 96)) != want).sum() <= 2
 
 
-def test_points_mode(cells, tiny_ckpt):
+def test_points_mode(cells, tiny):
     labels = cells.labels[0]
     ids = [i for i in np.unique(labels) if i][:3]
     points = []
@@ -166,14 +156,14 @@ def test_points_mode(cells, tiny_ckpt):
         labels=[f"n{i}" for i in ids],
     )
     out = []
-    summary = run_batch([task], SegmentSettings(mode="points", model=tiny_ckpt), out.extend)
+    summary = run_batch([task], SegmentSettings(mode="points", model=tiny), out.extend)
     assert summary.failed == 0
     assert {i.prompt_index for i in out[0].instances} <= {0, 1, 2}
     assert all(i.label == f"n{ids[i.prompt_index]}" for i in out[0].instances)
 
 
-def test_segment_folder_writes_labels_and_coco_and_resumes(cells, tiny_ckpt, tmp_path):
-    settings = SegmentSettings(mode="automatic", model=tiny_ckpt, amg=TINY_AMG)
+def test_segment_folder_writes_labels_and_coco_and_resumes(cells, tiny, tmp_path):
+    settings = SegmentSettings(mode="automatic", model=tiny, amg=TINY_AMG)
     out = tmp_path / "out"
 
     class Killed(Exception):
@@ -209,12 +199,12 @@ def test_segment_folder_writes_labels_and_coco_and_resumes(cells, tiny_ckpt, tmp
             assert mask[y : y + h, x : x + w].sum() == ann["area"]
 
 
-def test_segment_folder_cli(cells, tiny_ckpt, tmp_path, capsys):
+def test_segment_folder_cli(cells, tiny, tmp_path, capsys):
     from sam_plugins.cli import main
 
     out = tmp_path / "cli"
     args = [
-        "segment-folder", str(cells.paths[0].parent), str(out), "--mode", "auto", "--model", tiny_ckpt,
+        "segment-folder", str(cells.paths[0].parent), str(out), "--mode", "auto", "--model", tiny,
         "--format", "png", "--points-per-side", "4", "--pred-iou-thresh", "0", "--stability-score-thresh",
         "0", "--quiet",
     ]  # fmt: skip
@@ -225,6 +215,6 @@ def test_segment_folder_cli(cells, tiny_ckpt, tmp_path, capsys):
     assert "segmented 0/0 images" in capsys.readouterr().out
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"junk")
-    bad = ["segment-folder", str(tmp_path / "bad"), str(out / "bad"), "--model", tiny_ckpt, "--quiet"]
+    bad = ["segment-folder", str(tmp_path / "bad"), str(out / "bad"), "--model", tiny, "--quiet"]
     assert main(bad) == 1
     assert "failed: x.png" in capsys.readouterr().err

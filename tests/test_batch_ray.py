@@ -24,11 +24,6 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def cells(tmp_path_factory):
-    return make_cell_images(tmp_path_factory.mktemp("cells"), n=3, size=96)
-
-
-@pytest.fixture(scope="module")
 def settings(tmp_path_factory):
     ckpt = tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
     return SegmentSettings(mode="boxes", model=str(ckpt), num_threads=1)
