@@ -473,10 +473,9 @@ def train(
 ) -> Path:
     """Train (or resume) a run in `config.run_dir`; returns the path of the final `model.pt`.
 
-    `dataset`: the (image, labels) pairs for `data = "dataset"` (see `make_sources`).
-    `on_step(done, total, numbers)` is called after every step with its loss and last-round IoU
-    (and the validation mIoUs after a validation). `cancel()` is asked before every step; when it
-    returns True the run saves its state and raises `TrainingCancelled`.
+    `dataset`: the pairs for `data = "dataset"`. `on_step(done, total, numbers)` follows every step
+    (its loss and last-round IoU; the validation mIoUs after a validation). `cancel()` is asked
+    before every step; when it returns True the run saves its state and raises `TrainingCancelled`.
     """
     if config.threads > 0:
         torch.set_num_threads(config.threads)
