@@ -13,6 +13,7 @@ so a partly labelled image is fine. The recipe is the interactive one of `sam-pl
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,8 +48,8 @@ def finetune_config(
     from .trainer import TrainConfig
 
     data: dict[str, Any] = {**FINETUNE_DEFAULTS, **(base or {}), **settings}
-    data.update(name=data.get("name") if base and "name" in base else name, out_dir=str(work_dir))
-    data.update(init_checkpoint=model, model_config={})
+    data.setdefault("name", name)
+    data.update(out_dir=str(work_dir), init_checkpoint=model, model_config={})
     steps = int(data["steps"])
     if "warmup_steps" not in settings:
         data["warmup_steps"] = min(50, max(1, steps // 10))
@@ -108,6 +109,6 @@ def finetune(
     # write next to the target, then rename: a crash never leaves a half-written checkpoint
     handle, partial = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
     os.close(handle)
-    Path(partial).write_bytes(path.read_bytes())
+    shutil.copyfile(path, partial)  # streamed: a vit_h checkpoint is 2.5 GB
     os.replace(partial, out)
     return out
