@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import requires_embedded_model
-from fo_fixtures import TINY_AMG, boxes_from_labels
+from fo_fixtures import TINY_AMG, boxes_from_labels, tiny_checkpoint
 from sam_plugins.batch import (
     SegmentSettings,
     Task,
@@ -218,3 +218,41 @@ def test_segment_folder_cli(cells, tiny, tmp_path, capsys):
     bad = ["segment-folder", str(tmp_path / "bad"), str(out / "bad"), "--model", tiny, "--quiet"]
     assert main(bad) == 1
     assert "failed: x.png" in capsys.readouterr().err
+
+
+def test_batch_masks_keep_the_prompted_region_as_the_core_predictor(cells, tmp_path):
+    """A model that recommends `keep_prompted_region` gets it in boxes and points mode too, with
+    the same masks as `SamPredictor.predict` (a random-weight model's masks are ragged)."""
+    from sam_plugins import SamPredictor, load_model
+    from sam_plugins.batch.worker import read_image
+    from sam_plugins.images import prepare_image
+    from sam_plugins.models.checkpoints import save_checkpoint
+
+    model = load_model(tiny_checkpoint(tmp_path / "plain.pt"), device="cpu")
+    path = save_checkpoint(
+        tmp_path / "kept.pt", model, {"predictor_settings": {"keep_prompted_region": True}}
+    )
+    image = prepare_image(read_image(box_tasks(cells)[0].path))
+    kept, raw = SamPredictor(load_model(path, device="cpu")), SamPredictor(model)
+    assert kept.keep_prompted_region and not raw.keep_prompted_region
+    kept.set_image(image)
+    raw.set_image(image)
+    task = box_tasks(cells)[0]
+    centres = [np.array([[(b[0] + b[2]) / 2, (b[1] + b[3]) / 2]]) for b in task.boxes]
+    task.points, task.point_labels = centres, [np.array([1])] * len(centres)
+    cleaned = 0
+    for mode in ("boxes", "points"):
+        out = []
+        assert run_batch([task], SegmentSettings(mode=mode, model=str(path)), out.extend).failed == 0
+        assert out[0].instances
+        for inst in out[0].instances:
+            k = inst.prompt_index
+            if mode == "boxes":
+                prompt = {"box": np.asarray(task.boxes[k]) * 96, "multimask_output": False}
+            else:
+                prompt = {"point_coords": centres[k] * 96, "point_labels": np.array([1])}
+            masks, scores, _ = kept.predict(**prompt)
+            best = int(np.argmax(scores))
+            np.testing.assert_array_equal(inst.full_mask((96, 96)), masks[best])
+            cleaned += int((raw.predict(**prompt)[0][best] != masks[best]).any())
+    assert cleaned > 0  # the setting changed some masks, so the comparison above means something

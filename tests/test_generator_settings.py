@@ -13,6 +13,7 @@ from sam_plugins.automatic.tuning import match_f1, tune_thresholds
 from sam_plugins.cli import main
 from sam_plugins.models.checkpoints import read_checkpoint_meta, save_checkpoint
 from sam_plugins.models.configs import TINY, build_sam
+from sam_plugins.prompt_tuning import PromptScores, score_prompts
 
 LOW = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "points_per_side": 4}
 
@@ -115,6 +116,40 @@ def test_tune_command_writes_a_checkpoint_that_recommends_the_best_pair(tmp_path
     }
     source = sam_plugins.load_model(checkpoint, device="cpu").state_dict()
     assert all(torch.equal(value, source[name]) for name, value in tuned.state_dict().items())
+    # the predictor setting is chosen on the same images, by the click and box scores printed
+    scores = meta["predictor_tuning"]
+    assert "keeping only the prompted region" in printed
+    assert scores["objects"] > 0 and 0.0 <= scores["click"] <= 1.0 and 0.0 <= scores["box_kept"] <= 1.0
+    assert tuned.predictor_settings == {"keep_prompted_region": scores["keep_prompted_region"]}
+    assert (
+        scores["keep_prompted_region"]
+        == PromptScores(
+            *(scores[k] for k in ("objects", "click", "box", "click_kept", "box_kept"))
+        ).keep_prompted_region
+    )
+
+
+@pytest.mark.parametrize(
+    "click, box, click_kept, box_kept, keep",
+    [(0.7, 0.8, 0.72, 0.8, True), (0.7, 0.8, 0.72, 0.79, False), (0.7, 0.8, 0.7, 0.8, False)],
+)
+def test_keeping_the_prompted_region_is_recommended_only_when_it_helps(
+    click, box, click_kept, box_kept, keep
+):
+    assert PromptScores(10, click, box, click_kept, box_kept).keep_prompted_region is keep
+
+
+def test_prompt_scores_cover_every_labelled_object(tmp_path):
+    from sam_plugins.training.synthetic import SyntheticConfig, generate_sample
+
+    sample = generate_sample(np.random.default_rng(3), SyntheticConfig(size=(96, 96)))
+    model = sam_plugins.load_model(tiny_with_settings(tmp_path / "t.pt", LOW), device="cpu")
+    ids, areas = np.unique(sample.labels[sample.labels > 0], return_counts=True)
+    done = []
+    scores = score_prompts(model, [(sample.image, sample.labels)], progress=done.append)
+    assert scores.objects == int((areas >= 30).sum()) > 0 and done == [1]
+    with pytest.raises(ValueError, match="no labelled object"):
+        score_prompts(model, [(sample.image, np.zeros_like(sample.labels))])
 
 
 def test_tune_command_needs_labels_for_images(tmp_path, capsys):

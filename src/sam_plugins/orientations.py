@@ -99,12 +99,15 @@ class OrientationAveragingPredictor(SamPredictor):
 
     ``orientations``: 1, 2, 4 or 8 (default 8). Prompts, masks and low-res logits are in the
     original image's frame, as with `SamPredictor`; scores are the mean predicted IoU.
+    ``keep_prompted_region`` as in `SamPredictor` (applied to the averaged masks).
     """
 
-    def __init__(self, sam_model: Sam, orientations: int = 8) -> None:
+    def __init__(
+        self, sam_model: Sam, orientations: int = 8, keep_prompted_region: bool | None = None
+    ) -> None:
         self.views = _orientations(orientations)
-        self.predictors = [SamPredictor(sam_model) for _ in self.views]
-        super().__init__(sam_model)
+        self.predictors = [SamPredictor(sam_model, keep_prompted_region=False) for _ in self.views]
+        super().__init__(sam_model, keep_prompted_region)
 
     @property
     def orientations(self) -> int:

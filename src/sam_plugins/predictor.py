@@ -2,8 +2,9 @@
 
 Same API and outputs as the official ``segment_anything.SamPredictor`` (so existing code runs by
 changing the import), plus: microscopy input through :func:`sam_plugins.images.prepare_image`,
-input validation with clear errors, and embedding export/import (:meth:`SamPredictor.get_embedding`,
-:meth:`SamPredictor.set_image_embedding`).
+input validation with clear errors, embedding export/import (:meth:`SamPredictor.get_embedding`,
+:meth:`SamPredictor.set_image_embedding`), and, where the model's checkpoint recommends it, one
+object per prompt (:func:`sam_plugins.regions.keep_prompted_region`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .embeddings import ImageEmbedding, image_hash, model_fingerprint
 from .images import prepare_image
 from .modeling import Sam
 from .modeling.fast_decoder import postprocess_masks as fast_postprocess
+from .regions import keep_prompted_region as _keep_prompted_region
 
 __all__ = ["ResizeLongestSide", "SamPredictor"]
 
@@ -68,10 +70,19 @@ class ResizeLongestSide:
 
 
 class SamPredictor:
-    """Predict masks for one image from point, box and mask prompts (official SAM semantics)."""
+    """Predict masks for one image from point, box and mask prompts (official SAM semantics).
 
-    def __init__(self, sam_model: Sam) -> None:
+    ``keep_prompted_region``: each binary mask from :meth:`predict` keeps only its connected region
+    under a positive point (else its largest), dropping stray fragments. None (default) = what the
+    model's checkpoint recommends (`model.predictor_settings`; off for the official models).
+    """
+
+    def __init__(self, sam_model: Sam, keep_prompted_region: bool | None = None) -> None:
         self.model = sam_model
+        if keep_prompted_region is None:
+            settings = getattr(sam_model, "predictor_settings", None) or {}
+            keep_prompted_region = bool(settings.get("keep_prompted_region", False))
+        self.keep_prompted_region = keep_prompted_region
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
 
@@ -275,7 +286,11 @@ class SamPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Masks (C, H, W), IoU predictions (C,) and low-res logits (C, h, w) for one prompt set."""
+        """Masks (C, H, W), IoU predictions (C,) and low-res logits (C, h, w) for one prompt set.
+
+        With ``keep_prompted_region`` on, binary masks keep only their prompted region; logits
+        (``return_logits=True``) are returned as the model gave them.
+        """
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
         coords_torch = labels_torch = box_torch = mask_input_torch = None
@@ -300,11 +315,10 @@ class SamPredictor:
             multimask_output,
             return_logits=return_logits,
         )
-        return (
-            masks[0].detach().cpu().numpy(),
-            iou_predictions[0].detach().cpu().numpy(),
-            low_res_masks[0].detach().cpu().numpy(),
-        )
+        masks_np = masks[0].detach().cpu().numpy()
+        if self.keep_prompted_region and not return_logits:
+            masks_np = _keep_prompted_region(masks_np, point_coords, point_labels)
+        return masks_np, iou_predictions[0].detach().cpu().numpy(), low_res_masks[0].detach().cpu().numpy()
 
     @torch.no_grad()
     def predict_torch(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..regions import keep_prompted_region
 from .records import MODES, Instance, Task, TaskResult, instance_from_mask, store_masks_on_disk
 
 # Automatic-mode arguments a job may set: `prompts` ("grid" or "seeds"; default: the model's
@@ -263,16 +264,28 @@ class Segmenter:
             )
             best = int(np.argmax(iou))
             instances += self._collect(
-                torch.as_tensor(logits[best : best + 1]), torch.as_tensor(iou[best : best + 1]), labels, i
+                torch.as_tensor(logits[best : best + 1]),
+                torch.as_tensor(iou[best : best + 1]),
+                labels,
+                i,
+                points=(coords, plabels),
             )
         return instances
 
     def _collect(
-        self, logits: torch.Tensor, iou: torch.Tensor, labels: list[str | None], offset: int
+        self,
+        logits: torch.Tensor,
+        iou: torch.Tensor,
+        labels: list[str | None],
+        offset: int,
+        points: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> list[Instance]:
+        """Instances from logits (B, H, W); `points` (coords, labels) prompted all of them, if any."""
         threshold = float(self.model.mask_threshold)
         stability = _stability(logits, threshold, self.settings.stability_offset).cpu().numpy()
         masks = (logits > threshold).cpu().numpy()
+        if self.predictor.keep_prompted_region:  # as SamPredictor.predict does for this model
+            masks = keep_prompted_region(masks, *(points or (None, None)))
         scores = iou.detach().float().cpu().numpy()
         out = []
         for j in range(len(masks)):

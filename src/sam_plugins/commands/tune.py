@@ -1,4 +1,5 @@
-"""`sam-plugins tune`: choose a model's automatic-segmentation thresholds on labelled images."""
+"""`sam-plugins tune`: choose a model's automatic-segmentation thresholds and predictor settings
+on labelled images."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ KINDS = {"nuclei": {"nuclei": 1.0}, "cells": {"cells": 1.0}, "mixed": {"nuclei":
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "tune",
-        help="choose the automatic-segmentation thresholds of a model on labelled images",
+        help="choose a model's automatic-segmentation thresholds and predictor settings on labelled images",
         description="Run automatic segmentation once per labelled image, score every pair of "
-        "thresholds (predicted IoU, stability) by F1 at IoU 0.5, print the best, and with --out "
-        "write a copy of the checkpoint that recommends them (segment, napari and FiftyOne then "
-        "use them when the user sets none).",
+        "thresholds (predicted IoU, stability) by F1 at IoU 0.5, and print the best. Then prompt "
+        "every labelled object with a click at its centre and with its box, and score whether "
+        "keeping only the prompted region of each mask (one connected piece per object) helps. "
+        "With --out, write a copy of the checkpoint that recommends both (segment, napari, "
+        "FiftyOne and SamPredictor then use them when the user sets none).",
     )
     parser.add_argument("--model", default=None, help="model name or checkpoint (default: embedded model)")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -64,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from ..automatic.tuning import tune_thresholds
     from ..models.checkpoints import read_checkpoint_meta, save_checkpoint
     from ..models.registry import load_model
+    from ..prompt_tuning import score_prompts
 
     if args.out is not None and args.out.suffix == "":
         args.out = args.out.with_suffix(".pt")
@@ -85,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
     best = scores[0]
     current = getattr(model, "generator_settings", {})
     print(f"Best: {best.settings()} (the model recommended {current or 'nothing: official defaults'})")
+    start = time.perf_counter()
+    prompts = score_prompts(model, pairs, channel=args.channel)
+    print(
+        f"Click / box mean IoU on {prompts.objects} objects ({time.perf_counter() - start:.0f} s): "
+        f"{prompts.click:.4f} / {prompts.box:.4f} as predicted, {prompts.click_kept:.4f} / "
+        f"{prompts.box_kept:.4f} keeping only the prompted region -> keep_prompted_region "
+        f"{prompts.keep_prompted_region}"
+    )
     if args.out is not None:
         source = Path(str(getattr(model, "source", "")))
         meta = read_checkpoint_meta(source) if source.is_file() else {"source": str(args.model)}
@@ -92,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
         if args.points_per_side is not None:
             meta["generator_settings"]["points_per_side"] = args.points_per_side
         meta["generator_tuning"] = {"data": described, "best": best.to_dict()}
+        meta["predictor_settings"] = {
+            **(meta.get("predictor_settings") or {}),
+            "keep_prompted_region": prompts.keep_prompted_region,
+        }
+        meta["predictor_tuning"] = {"data": described, **prompts.to_dict()}
         save_checkpoint(args.out, model, meta)
         print(f"Wrote {args.out}")
     return 0

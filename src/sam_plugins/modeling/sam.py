@@ -40,6 +40,9 @@ class Sam(nn.Module):
         #: Automatic-mask-generator settings this model's checkpoint recommends (e.g. thresholds
         #: matched to its IoU head); empty for the official models, whose defaults are the official ones.
         self.generator_settings: dict[str, Any] = {}
+        #: `SamPredictor` settings this model's checkpoint recommends (e.g. keep_prompted_region);
+        #: empty for the official models, so their predictor outputs stay the official ones.
+        self.predictor_settings: dict[str, Any] = {}
 
     @property
     def device(self) -> torch.device:

@@ -27,6 +27,9 @@ GENERATOR_SETTING_NAMES = (
     "box_nms_thresh",
     "min_mask_region_area",
 )
+# The SamPredictor settings a checkpoint may recommend (meta["predictor_settings"]), all on/off.
+PREDICTOR_SETTING_NAMES = ("keep_prompted_region",)
+SETTINGS_KEYS = ("generator_settings", "predictor_settings")
 _REQUIRED_KEYS = (
     "image_encoder.patch_embed.proj.weight",
     "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
@@ -57,7 +60,8 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], SamConfi
 def read_checkpoint_with_settings(
     path: str | Path,
 ) -> tuple[dict[str, torch.Tensor], SamConfig | None, dict[str, Any]]:
-    """`read_checkpoint` plus the generator settings the checkpoint recommends (empty if none)."""
+    """`read_checkpoint` plus the settings the checkpoint recommends: {"generator_settings": ...,
+    "predictor_settings": ...}, each empty if none (put them on a model with `recommend`)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(
@@ -77,9 +81,15 @@ def read_checkpoint_with_settings(
             f"Cannot read {path} as a PyTorch checkpoint: the file is truncated or corrupt, or not a "
             f"checkpoint at all ({type(err).__name__}: {err}). Download it again and compare its sha256."
         ) from err
-    settings = {}
+    settings: dict[str, dict[str, Any]] = {key: {} for key in SETTINGS_KEYS}
     if isinstance(obj, Mapping) and isinstance(obj.get("meta"), Mapping):
-        settings = check_generator_settings(obj["meta"].get("generator_settings") or {}, str(path))
+        meta, source = obj["meta"], str(path)
+        settings["generator_settings"] = check_generator_settings(
+            meta.get("generator_settings") or {}, source
+        )
+        settings["predictor_settings"] = check_predictor_settings(
+            meta.get("predictor_settings") or {}, source
+        )
     state, config = _unwrap(obj, path)
     return state, config, settings
 
@@ -111,6 +121,33 @@ def check_generator_settings(settings: Mapping[str, Any], source: str) -> dict[s
         is_count = name in ("points_per_side", "min_mask_region_area")
         checked[name] = int(value) if is_count else float(value)
     return checked
+
+
+def check_predictor_settings(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Validate recommended `SamPredictor` settings: known names, true or false."""
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"{source}: predictor_settings must be a mapping, not {type(settings).__name__}.")
+    unknown = sorted(set(settings) - set(PREDICTOR_SETTING_NAMES))
+    if unknown:
+        raise ValueError(
+            f"{source}: unknown predictor settings {unknown}; allowed: {', '.join(PREDICTOR_SETTING_NAMES)}."
+        )
+    for name, value in settings.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"{source}: predictor setting {name} must be true or false, got {value!r}.")
+    return dict(settings)
+
+
+def recommend(model: Sam, settings: Mapping[str, Mapping[str, Any]]) -> Sam:
+    """Put a checkpoint's recommended settings (from `read_checkpoint_with_settings`) on `model`."""
+    model.generator_settings = dict(settings.get("generator_settings") or {})
+    model.predictor_settings = dict(settings.get("predictor_settings") or {})
+    return model
+
+
+def recommended_meta(model: Sam) -> dict[str, Any]:
+    """The settings `model` recommends, as checkpoint meta entries (none for empty ones)."""
+    return {key: dict(getattr(model, key, {}) or {}) for key in SETTINGS_KEYS if getattr(model, key, None)}
 
 
 def _unwrap(obj: object, path: Path) -> tuple[dict[str, torch.Tensor], SamConfig | None]:
@@ -262,7 +299,8 @@ def load_state_dict_strict(model: Sam, state: Mapping[str, torch.Tensor], source
 
 def save_checkpoint(path: str | Path, model: Sam, meta: dict[str, Any]) -> Path:
     """Write the format this package reads back: {"model": state_dict, "config": SamConfig dict,
-    "meta": plain data (may hold "generator_settings")}. Written to a temporary file first."""
+    "meta": plain data (may hold "generator_settings", "predictor_settings")}. Written to a temporary
+    file first."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -299,5 +337,4 @@ def load_checkpoint(
             "or sam_plugins.load_model(path), which detects the architecture."
         )
     model = load_state_dict_strict(build_sam(found), state, str(path))
-    model.generator_settings = settings
-    return model
+    return recommend(model, settings)

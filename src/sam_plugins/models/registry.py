@@ -10,7 +10,7 @@ import torch
 
 from ..modeling import Sam
 from .builtin import EMBEDDED_MODEL_NAME
-from .checkpoints import load_checkpoint, load_state_dict_strict, read_checkpoint_with_settings
+from .checkpoints import load_checkpoint, load_state_dict_strict, read_checkpoint_with_settings, recommend
 from .configs import OFFICIAL_CONFIGS, SMALL_CONFIGS, SamConfig, build_sam
 from .download import fetch_checkpoint
 from .hooks import ModelSpec, collect_model_specs
@@ -66,8 +66,7 @@ def load_model(
         checkpoint = fetch_checkpoint(spec, Path(cache_dir) if cache_dir else None, progress=progress)
         if spec.builder is not None:
             state, _, settings = read_checkpoint_with_settings(checkpoint)
-            model = load_state_dict_strict(spec.builder(), state, str(checkpoint))
-            model.generator_settings = settings
+            model = recommend(load_state_dict_strict(spec.builder(), state, str(checkpoint)), settings)
         else:
             model = load_checkpoint(checkpoint, expected=spec.config, expected_name=spec.name)
     elif path.suffix in (".pth", ".pt", ".ckpt", ".bin") or path.exists():

@@ -15,7 +15,14 @@ from typing import Any
 import torch
 
 from ..modeling import Sam
-from ..models.checkpoints import file_sha256, load_state_dict_strict, save_checkpoint
+from ..models.checkpoints import (
+    SETTINGS_KEYS,
+    file_sha256,
+    load_state_dict_strict,
+    recommend,
+    recommended_meta,
+    save_checkpoint,
+)
 from ..models.configs import build_sam
 from ..models.registry import load_model
 
@@ -66,8 +73,7 @@ def average_checkpoints(paths: Sequence[str | Path], weights: Sequence[float] | 
         mean = sum(f * state[key].double() for f, state in zip(fractions, states, strict=True))
         averaged[key] = mean.to(first.dtype)
     average = load_state_dict_strict(build_sam(config), averaged, f"the average of {len(paths)} checkpoints")
-    average.generator_settings = dict(getattr(models[0], "generator_settings", {}) or {})
-    return average.eval()
+    return recommend(average, {key: getattr(models[0], key, {}) for key in SETTINGS_KEYS}).eval()
 
 
 def save_average(
@@ -86,6 +92,5 @@ def save_average(
             for p, fraction in zip(paths, _fractions(weights, len(paths)), strict=True)
         ]
     }
-    if model.generator_settings:
-        meta["generator_settings"] = model.generator_settings
+    meta.update(recommended_meta(model))
     return save_checkpoint(out, model, meta)

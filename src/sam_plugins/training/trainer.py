@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from ..models.checkpoints import save_checkpoint
+from ..models.checkpoints import recommended_meta, save_checkpoint
 from ..models.configs import (
     OFFICIAL_CONFIGS,
     SMALL_CONFIGS,
@@ -532,8 +532,7 @@ def train(
 
     def checkpoint(step: int, final: bool = False, val: dict | None = None) -> Path:
         meta = {"step": step, "train_config": config.to_dict(), "val": val or {}, "time": time.time()}
-        if model.generator_settings:  # from the starting checkpoint: a better start than SAM's
-            meta["generator_settings"] = model.generator_settings
+        meta.update(recommended_meta(model))  # the starting checkpoint's: a better start than SAM's
         resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
         if aux_head is not None:
             resume_state["aux_head"] = aux_head.state_dict()
