@@ -69,6 +69,25 @@ def test_points_use_sams_pixel_convention():
     assert keep_prompted_region(mask, np.array([[4.6, 1.0]]))[:, 5:].sum() == 10
 
 
+def test_a_box_cuts_the_mask_a_little_outside_it_before_the_region_is_chosen():
+    mask = np.zeros((60, 60), dtype=bool)
+    mask[10:50, 10:30] = True  # 40 rows x 20 columns, running 10 px below the box
+    mask[10:40, 30:55] = True
+    box = np.array([10.0, 10.0, 49.0, 39.0])  # x 10..49, y 10..39: 40 x 30 px
+    kept = keep_prompted_region(mask, box=box)
+    # grown by 5 % of its side: 2 px left/right (x 8..51), 1.5 px up/down (y 9..40)
+    assert kept[40, 20] and not kept[41, 20]
+    assert kept[20, 51] and not kept[20, 52]
+    assert kept.sum() == 31 * 20 + 30 * 22  # x 8..51, y 9..40 of the two joined parts
+    assert np.array_equal(keep_prompted_region(mask, box=box, box_margin=0.5), mask)
+    # cutting first: what is left of a region outside the box no longer counts as the largest
+    split = np.zeros((60, 60), dtype=bool)
+    split[10:20, 10:20] = True  # 100 px inside the box
+    split[25:59, 40:59] = True  # larger, but only a corner inside the box
+    kept = keep_prompted_region(split, box=np.array([5.0, 5.0, 42.0, 27.0]))
+    assert kept.sum() == 100
+
+
 def test_bad_masks_are_refused_with_the_reason():
     with pytest.raises(TypeError, match="bool"):
         keep_prompted_region(np.ones((4, 4), dtype=np.uint8))
@@ -114,9 +133,10 @@ def test_the_predictor_follows_the_checkpoint_and_the_argument_overrides_it(tmp_
         if before[30, 40]:
             assert after[30, 40]
 
-    box = np.array([10.0, 10.0, 100.0, 80.0])
+    box = np.array([10.0, 10.0, 60.0, 50.0])
     box_mask = kept_predictor.predict(box=box, multimask_output=False)[0][0]
     assert ndimage.label(box_mask, EIGHT)[1] <= 1
+    assert not box_mask[:, 63:].any() and not box_mask[53:].any()  # within the box grown by 5 %
     logits = kept_predictor.predict(box=box, multimask_output=False, return_logits=True)[0][0]
     np.testing.assert_array_equal(logits > 0, as_given.predict(box=box, multimask_output=False)[0][0])
     off = sam_plugins.SamPredictor(recommended, keep_prompted_region=False)

@@ -302,8 +302,8 @@ class SamPredictor:
         elif point_labels is not None:
             raise ValueError("point_labels were given without point_coords.")
         if box is not None:
-            box = self.transform.apply_boxes(self._check_box(box), self.original_size)
-            box_torch = torch.as_tensor(box, dtype=torch.float, device=self.device)[None, :]
+            resized_box = self.transform.apply_boxes(self._check_box(box), self.original_size)
+            box_torch = torch.as_tensor(resized_box, dtype=torch.float, device=self.device)[None, :]
         if mask_input is not None:
             mask = self._check_mask_input(mask_input)
             mask_input_torch = torch.as_tensor(mask, dtype=torch.float, device=self.device)[None, :, :, :]
@@ -317,7 +317,7 @@ class SamPredictor:
         )
         masks_np = masks[0].detach().cpu().numpy()
         if self.keep_prompted_region and not return_logits:
-            masks_np = _keep_prompted_region(masks_np, point_coords, point_labels)
+            masks_np = _keep_prompted_region(masks_np, point_coords, point_labels, box)
         return masks_np, iou_predictions[0].detach().cpu().numpy(), low_res_masks[0].detach().cpu().numpy()
 
     @torch.no_grad()

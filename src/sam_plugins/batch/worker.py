@@ -240,7 +240,9 @@ class Segmenter:
                     multimask_output=False,
                     return_logits=True,
                 )
-            instances += self._collect(logits[:, 0], iou[:, 0], labels, start)
+            instances += self._collect(
+                logits[:, 0], iou[:, 0], labels, start, boxes=boxes[start : start + step]
+            )
         return instances
 
     def _points(self, task: Task, shape: tuple[int, int]) -> list[Instance]:
@@ -279,13 +281,18 @@ class Segmenter:
         labels: list[str | None],
         offset: int,
         points: tuple[np.ndarray, np.ndarray] | None = None,
+        boxes: np.ndarray | None = None,
     ) -> list[Instance]:
-        """Instances from logits (B, H, W); `points` (coords, labels) prompted all of them, if any."""
+        """Instances from logits (B, H, W) prompted by `points` (coords, labels; all of them) or by
+        `boxes` (B, 4) in pixels."""
         threshold = float(self.model.mask_threshold)
         stability = _stability(logits, threshold, self.settings.stability_offset).cpu().numpy()
         masks = (logits > threshold).cpu().numpy()
         if self.predictor.keep_prompted_region:  # as SamPredictor.predict does for this model
-            masks = keep_prompted_region(masks, *(points or (None, None)))
+            coords, point_labels = points or (None, None)
+            for j in range(len(masks)):
+                box = None if boxes is None else boxes[j]
+                masks[j] = keep_prompted_region(masks[j], coords, point_labels, box)
         scores = iou.detach().float().cpu().numpy()
         out = []
         for j in range(len(masks)):
