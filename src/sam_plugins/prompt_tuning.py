@@ -3,8 +3,8 @@
 Every labelled object of at least `min_area` pixels is prompted twice, as a user would: one
 positive click at its centre (the interior pixel farthest from the background; the best-scored of
 the three masks) and its tight box. Each mask is scored by IoU with the label, as the model gives
-it and with `keep_prompted_region` (one connected region per prompt, inside the box). The setting is recommended
-when it lowers neither mean and raises at least one.
+it and with `keep_prompted_region` (one connected region per prompt, inside the box). The setting
+is recommended when it lowers neither mean and raises at least one.
 """
 
 from __future__ import annotations

@@ -94,15 +94,18 @@ def read_checkpoint_with_settings(
     return state, config, settings
 
 
+def _check_names(settings: Mapping[str, Any], kind: str, allowed: tuple[str, ...], source: str) -> None:
+    """`settings` must be a mapping whose keys are all in `allowed` (`kind`: generator or predictor)."""
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"{source}: {kind}_settings must be a mapping, not {type(settings).__name__}.")
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise ValueError(f"{source}: unknown {kind} settings {unknown}; allowed: {', '.join(allowed)}.")
+
+
 def check_generator_settings(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Validate recommended automatic-mask-generator settings: known names, numbers in range."""
-    if not isinstance(settings, Mapping):
-        raise ValueError(f"{source}: generator_settings must be a mapping, not {type(settings).__name__}.")
-    unknown = sorted(set(settings) - set(GENERATOR_SETTING_NAMES))
-    if unknown:
-        raise ValueError(
-            f"{source}: unknown generator settings {unknown}; allowed: {', '.join(GENERATOR_SETTING_NAMES)}."
-        )
+    _check_names(settings, "generator", GENERATOR_SETTING_NAMES, source)
     checked: dict[str, Any] = {}
     for name, value in settings.items():
         if name == "prompts":
@@ -125,13 +128,7 @@ def check_generator_settings(settings: Mapping[str, Any], source: str) -> dict[s
 
 def check_predictor_settings(settings: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Validate recommended `SamPredictor` settings: known names, true or false."""
-    if not isinstance(settings, Mapping):
-        raise ValueError(f"{source}: predictor_settings must be a mapping, not {type(settings).__name__}.")
-    unknown = sorted(set(settings) - set(PREDICTOR_SETTING_NAMES))
-    if unknown:
-        raise ValueError(
-            f"{source}: unknown predictor settings {unknown}; allowed: {', '.join(PREDICTOR_SETTING_NAMES)}."
-        )
+    _check_names(settings, "predictor", PREDICTOR_SETTING_NAMES, source)
     for name, value in settings.items():
         if not isinstance(value, bool):
             raise ValueError(f"{source}: predictor setting {name} must be true or false, got {value!r}.")
