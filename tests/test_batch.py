@@ -256,3 +256,10 @@ def test_batch_masks_keep_the_prompted_region_as_the_core_predictor(cells, tmp_p
             np.testing.assert_array_equal(inst.full_mask((96, 96)), masks[best])
             cleaned += int((raw.predict(**prompt)[0][best] != masks[best]).any())
     assert cleaned > 0  # the setting changed some masks, so the comparison above means something
+    # and a job can turn it off: the masks are then the model's own
+    out = []
+    off = SegmentSettings(mode="boxes", model=str(path), keep_prompted_region=False)
+    assert run_batch([task], off, out.extend).failed == 0
+    for inst in out[0].instances:
+        want = raw.predict(box=np.asarray(task.boxes[inst.prompt_index]) * 96, multimask_output=False)[0][0]
+        np.testing.assert_array_equal(inst.full_mask((96, 96)), want)

@@ -257,6 +257,33 @@ def test_thresholds_follow_the_models_recommendation(cells):
     assert (widget.quality.value, widget.stability.value) == (QUALITY_DEFAULT, STABILITY_DEFAULT)
 
 
+def test_one_object_per_prompt_follows_the_model_and_redraws_the_preview(cells, qtbot):
+    from scipy import ndimage
+
+    _, widget = cells
+    assert not widget.one_object.value  # the tiny model recommends nothing
+    widget.add_point((120, 120))
+    wait_idle(qtbot, widget)
+    widget.session.reset_refinement()
+    widget.update_prediction()  # from the click alone, as switching does
+    ragged = widget.current_layer.data == 1
+    assert ndimage.label(ragged, np.ones((3, 3), bool))[1] > 1  # the random model's mask is ragged
+    widget.one_object.value = True  # re-segments at once with the prompted region only
+    assert widget.session.predictor.keep_prompted_region
+    kept = widget.current_layer.data == 1
+    assert ndimage.label(kept, np.ones((3, 3), bool))[1] <= 1
+    assert not (kept & ~ragged).any()
+    widget.one_object.value = False
+    np.testing.assert_array_equal(widget.current_layer.data == 1, ragged)
+    recommending = tiny_model()
+    recommending.predictor_settings = {"keep_prompted_region": True}
+    widget.set_model(recommending, "recommending")
+    assert widget.one_object.value
+    widget.add_point((120, 120))
+    wait_idle(qtbot, widget)
+    assert widget.session.predictor.keep_prompted_region  # the new session follows the checkbox
+
+
 def seeds_defaults() -> tuple[float, float]:
     import inspect
 

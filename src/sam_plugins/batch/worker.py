@@ -55,7 +55,8 @@ class SegmentSettings:
     returned in memory; the directory must be reachable by the workers and the writer.
     `orientations` (1, 2, 4 or 8; box and point modes) averages each prompt's mask over that many
     turned and mirrored copies of the image (`OrientationAveragingPredictor`): sharper masks for
-    one encoder pass per orientation.
+    one encoder pass per orientation. `keep_prompted_region` (box and point modes): each mask keeps
+    only the region its prompt points at (`sam_plugins.regions`); None = the model's recommendation.
     """
 
     mode: str = "automatic"
@@ -69,6 +70,7 @@ class SegmentSettings:
     stability_offset: float = 1.0
     num_threads: int | None = None
     orientations: int = 1
+    keep_prompted_region: bool | None = None
 
     def __post_init__(self) -> None:
         from sam_plugins.orientations import ORIENTATION_CHOICES
@@ -144,10 +146,11 @@ class Segmenter:
             torch.set_num_threads(settings.num_threads)
         self.settings = settings
         self.model = model if model is not None else load_model(settings.model, device=settings.device)
+        keep = settings.keep_prompted_region
         if settings.orientations > 1:
-            self.predictor = OrientationAveragingPredictor(self.model, settings.orientations)
+            self.predictor = OrientationAveragingPredictor(self.model, settings.orientations, keep)
         else:
-            self.predictor = SamPredictor(self.model)
+            self.predictor = SamPredictor(self.model, keep)
         self._amg = None
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self._info: dict[str, Any] | None = None

@@ -140,6 +140,7 @@ def segment(
     chunk_size: int = 16,
     progress: Callable[[int, int | None], None] | bool | None = None,
     orientations: int = 1,
+    keep_prompted_region: bool | None = None,
     **amg_params: Any,
 ) -> dict[str, Any]:
     """Segment every image of `sample_collection` with SAM and store the masks in `label_field`.
@@ -151,7 +152,9 @@ def segment(
     clamped to [0, 1], `predicted_iou` and `stability` attributes), `segmentation` (an instance
     label image) or `polylines`. `orientations` (1, 2, 4 or 8; boxes and points modes) averages
     each prompt's mask over that many turned and mirrored copies of the image: sharper masks for
-    one encoder pass per orientation (docs/fiftyone.md). Masks go to files under `mask_dir` when
+    one encoder pass per orientation (docs/fiftyone.md). `keep_prompted_region` (boxes and points
+    modes): each mask keeps only the region its prompt points at; None = what the model recommends
+    (on for the embedded model, off for the official ones). Masks go to files under `mask_dir` when
     it is given, and automatically for samples whose masks are large.
 
     Results are written every `chunk_size` samples, so a killed run keeps what it finished;
@@ -179,6 +182,7 @@ def segment(
         mask_dir=str(mask_dir or default_mask_dir(dataset, label_field)) if output == "detections" else None,
         inline_mask_limit=None if mask_dir else INLINE_MASK_LIMIT,
         orientations=orientations,
+        keep_prompted_region=keep_prompted_region,
     )
 
     total_view = sample_collection.count()

@@ -30,7 +30,8 @@ class SamModel(fom.SamplesMixin, fom.Model):
     """SAM for `apply_model`: automatic without a prompt field, boxes for a `Detections`
     prompt field, points for a `Keypoints` prompt field. Returns `Detections` (or
     `Polylines`/`Segmentation` per `output`). `orientations` (1, 2, 4 or 8) averages each
-    prompt's mask over turned and mirrored copies of the image (prompted modes only).
+    prompt's mask over turned and mirrored copies of the image, and `keep_prompted_region` keeps
+    only the region each prompt points at (None: the model's recommendation); prompted modes only.
 
     Example::
 
@@ -46,10 +47,12 @@ class SamModel(fom.SamplesMixin, fom.Model):
         point_label_attr: str = DEFAULT_POINT_LABEL_ATTR,
         confidence_thresh: float | None = None,
         orientations: int = 1,
+        keep_prompted_region: bool | None = None,
         **amg_params: Any,
     ) -> None:
         fom.SamplesMixin.__init__(self)
         self.orientations = orientations
+        self.keep_prompted_region = keep_prompted_region
         self.output = output
         self.point_label_attr = point_label_attr
         self.config = SamModelConfig(confidence_thresh)
@@ -85,7 +88,12 @@ class SamModel(fom.SamplesMixin, fom.Model):
         """One model, shared by the mode-specific segmenters."""
         if mode not in self._segmenters:
             settings = SegmentSettings(
-                **{**self._base.to_dict(), "mode": mode, "orientations": self.orientations}
+                **{
+                    **self._base.to_dict(),
+                    "mode": mode,
+                    "orientations": self.orientations,
+                    "keep_prompted_region": self.keep_prompted_region,
+                }
             )
             loaded = next(iter(self._segmenters.values())).model if self._segmenters else None
             self._segmenters[mode] = Segmenter(settings, model=loaded)

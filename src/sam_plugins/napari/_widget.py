@@ -72,7 +72,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self.current_layer: Labels | None = None
         self.auto_layer: Labels | None = None
         self._own_layers: list[Any] = []
-        self._turns = 1  # the Orientations choice, readable from worker threads
+        self._turns, self._keep = 1, False  # Orientations, One object per prompt: for worker threads
         self._build_controls()
         self._bind_keys(self.viewer)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -89,6 +89,13 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
             value=1,
             tooltip="Average each click's or box's mask over turned and mirrored copies of the image: "
             "sharper outlines, one embedding per orientation (images up to 1.5x the model input)",
+        )
+        self.one_object = CheckBox(
+            text="One object per prompt",
+            value=False,
+            tooltip="Keep only the part of each mask that your positive points or box point at: stray "
+            "fragments are dropped and a box's mask stays inside the box. Set to the model's "
+            "recommendation when a model loads (on for the embedded model)",
         )
         self.image = ComboBox(label="Image", choices=self._image_layers, nullable=True)
         self.axis = ComboBox(
@@ -175,7 +182,8 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
 
         content = QWidget()
         layout = QVBoxLayout(content)
-        layout.addWidget(group("Model", self.model, self.checkpoint, self.device, self.orientations))
+        model_group = (self.model, self.checkpoint, self.device, self.orientations, self.one_object)
+        layout.addWidget(group("Model", *model_group))
         layout.addWidget(
             group(
                 "Image",
@@ -233,6 +241,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         self.checkpoint.changed.connect(self._on_model_changed)
         self.device.changed.connect(self._on_model_changed)
         self.orientations.changed.connect(self._new_session)
+        self.one_object.changed.connect(self._on_one_object)
         self.image.changed.connect(self._on_image_changed)
         self.axis.changed.connect(self._on_axis_changed)
         self.channel.changed.connect(self._on_channel_changed)
@@ -313,6 +322,19 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         with self.prompts.changed.blocked():
             self.prompts.value = prompts
         self._show_engine(prompts, quality, stability)
+        with self.one_object.changed.blocked():
+            settings = getattr(model, "predictor_settings", None) or {}
+            self.one_object.value = self._keep = bool(settings.get("keep_prompted_region", False))
+
+    def _on_one_object(self, _: Any = None) -> None:
+        """The user switched "One object per prompt": re-segment the shown plane's objects from their
+        prompts (without the fed-back logits, so switching back gives the same masks)."""
+        self._keep = bool(self.one_object.value)
+        if self.session is not None:
+            self.session.predictor.keep_prompted_region = self._keep
+            if self.points_layer is not None:
+                self.session.reset_refinement(self.current_plane())
+                self.update_prediction()
 
     def _show_engine(self, prompts: str, quality: float, stability: float) -> None:
         self.points_per_side.visible = prompts == "grid"  # the seeds need no grid
@@ -479,6 +501,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
     def _make_session(self, model: Any, source: ImageSource, model_key: tuple) -> AnnotatorSession:
         session = AnnotatorSession(model, source, str(model_key[1]), orientations=self._turns)
         session.model_key = model_key
+        session.predictor.keep_prompted_region = self._keep
         return session
 
     def _session_in_worker(self, source: ImageSource, key: tuple) -> AnnotatorSession:
@@ -507,6 +530,7 @@ class AnnotatorWidget(LayersMixin, ActionsMixin, QWidget):
         if session.model is not self._model:
             self._apply_model_settings(session.model)
         self._model, self._model_key = session.model, session.model_key
+        session.predictor.keep_prompted_region = self._keep
         self.session = session
 
     def compute_embeddings(self, _: Any = None, planes: list[int] | None = None) -> JobHandle | None:
