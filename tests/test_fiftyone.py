@@ -99,6 +99,7 @@ def test_form_has_stable_parameters(fo, dataset):
     assert boxes["prompt_field"]["type"]["values"] == ["ground_truth"]
     assert props({"mode": "points"})["prompt_field"]["type"]["values"] == ["clicks"]
     assert boxes["orientations"]["type"]["values"] == [1, 4, 8] and "orientations" not in auto
+    assert boxes["one_object"]["type"]["values"] == ["model", "on", "off"] and "one_object" not in auto
     existing = props({"mode": "boxes", "label_field": "ground_truth"})["label_field"]
     assert existing["invalid"] and "already exists" in existing["error_message"]
 
@@ -113,6 +114,24 @@ def test_operator_boxes_detections(fo, dataset, tiny):
     info = dataset.get_run_info(report["run_key"])
     assert info.config.model["checkpoint_sha256"] and info.config.parameters["mode"] == "boxes"
     assert info.config.result["succeeded"] == 3
+
+
+def test_operator_one_object_choice_reaches_the_run(fo, dataset, tiny):
+    for choice, want in (("off", False), ("on", True), (None, None)):
+        params = {
+            "mode": "boxes",
+            "prompt_field": "ground_truth",
+            "model": tiny,
+            "label_field": f"b_{choice}",
+        }
+        report = execute(fo, dataset, {**params, **({"one_object": choice} if choice else {})}).result
+        assert report["failed"] == 0
+        assert dataset.get_run_info(report["run_key"]).config.parameters["keep_prompted_region"] is want
+    # "on" cleaned some of the random model's ragged masks: fewer mask pixels than "off"
+    area = {
+        c: sum(d.mask.sum() for ds in dataset.values(f"b_{c}.detections") for d in ds) for c in ("on", "off")
+    }
+    assert area["on"] < area["off"]
 
 
 def test_operator_points_polylines(fo, dataset, tiny):

@@ -148,6 +148,22 @@ class SegmentWithSam(foo.Operator):
                 description="each mask is the average over turned and mirrored copies of the image",
                 view=turns,
             )
+            pieces = types.RadioGroup()
+            pieces.add_choice(
+                "model", label="as the model recommends", description="on for the embedded model"
+            )
+            pieces.add_choice(
+                "on", label="on", description="drop stray fragments; a box's mask stays in the box"
+            )
+            pieces.add_choice("off", label="off", description="the masks as the model gives them")
+            inputs.enum(
+                "one_object",
+                pieces.values(),
+                default="model",
+                label="One object per prompt",
+                description="keep only the part of each mask that its prompt points at",
+                view=pieces,
+            )
 
         outputs = types.RadioGroup()
         outputs.add_choice("detections", label="Detections with instance masks")
@@ -248,6 +264,7 @@ class SegmentWithSam(foo.Operator):
             point_label_attr=params.get("point_label_attr") or DEFAULT_POINT_LABEL_ATTR,
             progress=progress,
             orientations=int(params.get("orientations") or 1) if mode in PROMPT_TYPES else 1,
+            keep_prompted_region={"on": True, "off": False}.get(params.get("one_object") or "model"),
             **amg,
         )
         if not ctx.delegated:
