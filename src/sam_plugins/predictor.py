@@ -72,9 +72,10 @@ class ResizeLongestSide:
 class SamPredictor:
     """Predict masks for one image from point, box and mask prompts (official SAM semantics).
 
-    ``keep_prompted_region``: each binary mask from :meth:`predict` keeps only its connected region
-    under a positive point (else its largest), dropping stray fragments. None (default) = what the
-    model's checkpoint recommends (`model.predictor_settings`; off for the official models).
+    ``keep_prompted_region``: each binary mask from :meth:`predict` is cut to the box prompt (grown
+    by 5 %) and keeps only its connected region under a positive point (else its largest), dropping
+    stray fragments. None (default) = what the model's checkpoint recommends
+    (`model.predictor_settings`; off for the official models).
     """
 
     def __init__(self, sam_model: Sam, keep_prompted_region: bool | None = None) -> None:
