@@ -14,6 +14,9 @@ A candidate is promoted when none of its sample / real numbers is below the base
 decimals (the rule used since stage 8; docs/models.md), the full test suite, 3-D propagation
 included, passes, and (since stage 20, docs/models.md) its automatic segmentation with the shipped
 settings scores no lower F1 on `sam-plugins tune`'s 8 held-out generated nuclei images.
+Each checkpoint keeps the prompted region of its masks as it recommends (`predictor_settings`); a
+candidate that recommends nothing (trained from checkpoints/embedded-v1/latest.pt) is judged with
+the baseline's setting, so both sets of weights are compared under the same post-processing.
 
 For information, each candidate also gets the paired difference to the baseline per dataset
 (candidate minus baseline, object by object) with a 95 % bootstrap interval over the objects: an
@@ -71,10 +74,14 @@ def _summary(r: dict[str, np.ndarray], split: bool) -> dict[str, float]:
 
 
 def per_object(
-    model_name: str, datasets: dict[str, list[tuple[np.ndarray, np.ndarray, list[int]]]]
+    model_name: str,
+    datasets: dict[str, list[tuple[np.ndarray, np.ndarray, list[int]]]],
+    keep_prompted_region: bool | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per dataset, the click / box IoU and touching flag of every object, in a fixed order."""
-    predictor = sam_plugins.SamPredictor(sam_plugins.load_model(model_name, device="cpu"))
+    """Per dataset, the click / box IoU and touching flag of every object, in a fixed order.
+    `keep_prompted_region` None: as the checkpoint recommends."""
+    model = sam_plugins.load_model(model_name, device="cpu")
+    predictor = sam_plugins.SamPredictor(model, keep_prompted_region)
     return {
         name: _merge([click_and_box(predictor, *item) for item in items]) for name, items in datasets.items()
     }
@@ -144,9 +151,15 @@ def main() -> None:
     base_objects = per_object(args.baseline, datasets)
     results = {"baseline": summarise(base_objects)}
     print("baseline", args.baseline or "(shipped)", json.dumps(results["baseline"]))
+    # a run trained from checkpoints/embedded-v1/latest.pt recommends no predictor settings:
+    # judge it with the baseline's (keep_prompted_region) unless it recommends its own
+    baseline_keep = sam_plugins.load_model(args.baseline, device="cpu").predictor_settings.get(
+        "keep_prompted_region"
+    )
     ruled = [(name, key) for name in ("sample", "real") if name in datasets for key in ("click", "box")]
     for candidate in args.candidates:
-        objects_got = per_object(candidate, datasets)
+        own = sam_plugins.load_model(candidate, device="cpu").predictor_settings
+        objects_got = per_object(candidate, datasets, None if own else baseline_keep)
         got = results[candidate] = summarise(objects_got)
         below = [
             f"{name} {key} {got[name][key]:.4f} < {results['baseline'][name][key]:.4f}"
