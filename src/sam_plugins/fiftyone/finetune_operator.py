@@ -10,7 +10,7 @@ import fiftyone.operators.types as types
 
 from sam_plugins.training.finetuning import FINETUNE_DEFAULTS
 
-from .operators import _fields_of, _model_choices
+from .operators import _field_choice, _fields_of, _model_input
 from .training import TRAINING_TYPES, finetune
 
 OPERATOR_NAME = "finetune"
@@ -55,29 +55,16 @@ class FinetuneSam(foo.Operator):
             "notice",
             types.Notice(label=f"{view.count()} sample(s); those with objects in the label field are used"),
         )
-        fields = types.Dropdown()
-        for name in _training_fields(view):
-            fields.add_choice(name, label=name)
-        prop = inputs.enum(
+        _field_choice(
+            inputs,
             "label_field",
-            fields.values(),
-            required=True,
-            label="Label field",
-            description="Detections with instance masks, filled Polylines, or an instance Segmentation",
-            view=fields,
+            _training_fields(view),
+            "Label field",
+            "Detections with instance masks, filled Polylines, or an instance Segmentation",
+            "this dataset has no Detections, Polylines or Segmentation field",
         )
-        if not fields.values():
-            prop.invalid = True
-            prop.error_message = "this dataset has no Detections, Polylines or Segmentation field"
-        models = types.AutocompleteView()
-        for name in _model_choices():
-            models.add_choice(name, label=name)
-        inputs.str(
-            "model",
-            default="default",
-            label="Start from",
-            description="the embedded default, a registered model name, or a checkpoint path",
-            view=models,
+        _model_input(
+            inputs, "Start from", "the embedded default, a registered model name, or a checkpoint path"
         )
         inputs.int("steps", default=DEFAULT_STEPS, min=1, label="Steps", description="of 2 crops x 8 objects")
         inputs.bool(

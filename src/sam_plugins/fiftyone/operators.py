@@ -81,6 +81,29 @@ def _model_choices() -> list[str]:
     return ["default", *[n for n in names if n != "default"]]
 
 
+def _model_input(inputs: types.Object, label: str, description: str) -> None:
+    """The "model" text field, proposing "default" and every registered model name."""
+    models = types.AutocompleteView()
+    for name in _model_choices():
+        models.add_choice(name, label=name)
+    inputs.str("model", default="default", label=label, description=description, view=models)
+
+
+def _field_choice(
+    inputs: types.Object, name: str, fields: list[str], label: str, description: str, if_none: str
+) -> None:
+    """A required dropdown of existing `fields`, marked invalid with `if_none` when there are none."""
+    choices = types.Dropdown()
+    for field in fields:
+        choices.add_choice(field, label=field)
+    prop = inputs.enum(
+        name, choices.values(), required=True, label=label, description=description, view=choices
+    )
+    if not fields:
+        prop.invalid = True
+        prop.error_message = if_none
+
+
 def _fields_of(view, doc_type: type) -> list[str]:
     schema = view.get_field_schema(embedded_doc_type=doc_type)
     return sorted(schema)
@@ -115,20 +138,15 @@ class SegmentWithSam(foo.Operator):
         inputs.enum("mode", modes.values(), default="automatic", label="Mode", view=modes)
 
         if mode in PROMPT_TYPES:
-            choices = types.Dropdown()
-            for name in _fields_of(view, PROMPT_TYPES[mode]):
-                choices.add_choice(name, label=name)
-            prop = inputs.enum(
+            kind = PROMPT_TYPES[mode].__name__
+            _field_choice(
+                inputs,
                 "prompt_field",
-                choices.values(),
-                required=True,
-                label="Prompt field",
-                description=f"an existing {PROMPT_TYPES[mode].__name__} field",
-                view=choices,
+                _fields_of(view, PROMPT_TYPES[mode]),
+                "Prompt field",
+                f"an existing {kind} field",
+                f"this dataset has no {kind} field",
             )
-            if not choices.values():
-                prop.invalid = True
-                prop.error_message = f"this dataset has no {PROMPT_TYPES[mode].__name__} field"
             if mode == "points":
                 inputs.str(
                     "point_label_attr",
@@ -196,16 +214,7 @@ class SegmentWithSam(foo.Operator):
             field_prop.invalid = True
             field_prop.error_message = str(err)
 
-        models = types.AutocompleteView()
-        for name in _model_choices():
-            models.add_choice(name, label=name)
-        inputs.str(
-            "model",
-            default="default",
-            label="Model",
-            description="embedded default, a registered model name, or a checkpoint path",
-            view=models,
-        )
+        _model_input(inputs, "Model", "embedded default, a registered model name, or a checkpoint path")
         inputs.str(
             "mask_dir",
             label="Mask directory (optional)",
