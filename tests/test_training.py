@@ -195,6 +195,49 @@ def test_lr_schedule():
     assert lr_factor(9, config) == pytest.approx(1.0)
     assert lr_factor(55, config) == pytest.approx(0.55)
     assert lr_factor(100, config) == pytest.approx(0.1)
+    # under a time limit the decay follows whichever of steps and time is further along
+    assert lr_factor(55, config, time_fraction=0.2) == pytest.approx(0.55)
+    assert lr_factor(20, config, time_fraction=0.5) == pytest.approx(0.55)
+    assert lr_factor(20, config, time_fraction=1.0) == pytest.approx(0.1)
+    assert lr_factor(0, config, time_fraction=0.5) == pytest.approx(0.1)  # warm-up goes by steps
+
+
+def test_a_time_limited_run_decays_stops_validates_and_saves(tmp_path: Path):
+    """A wall-clock budget (a batch job's, a lent GPU's): the run ends by itself with its learning
+    rate decayed, a validation and model.pt; resuming needs a larger budget, which counts the
+    earlier time too."""
+    config = TrainConfig.from_file(CONFIGS / "train_tiny_test.toml")
+    data = {**config.to_dict(), "out_dir": str(tmp_path), "steps": 100_000, "warmup_steps": 2}
+    data.update(epoch_steps=100_000, checkpoint_every=100_000, progress=False, time_limit_s=2.0)
+    said: list[str] = []
+    path = train(TrainConfig.from_dict(data), log=said.append)
+    records = [json.loads(line) for line in (path.parent / "log.jsonl").read_text().splitlines()]
+    steps_done = torch.load(path, map_location="cpu", weights_only=True)["meta"]["step"]
+    assert 2 < steps_done < 100_000
+    trained = [r for r in records if "loss" in r]
+    assert trained[-1]["step"] == steps_done
+    assert trained[-1]["lr"] < 0.2 * config.lr  # decayed to (near) min_lr_ratio by the end of the time
+    assert records[-1]["step"] == steps_done and "val_point_miou" in records[-1]  # validated at the end
+    assert any("time limit" in line for line in said)
+    state = torch.load(path.parent / "resume.pt", map_location="cpu", weights_only=True)
+    assert state["elapsed_s"] >= 2.0
+    with pytest.raises(ValueError, match="time limit"):
+        train(TrainConfig.from_dict(data), resume=True, log=lambda s: None)
+    path = train(TrainConfig.from_dict({**data, "time_limit_s": 3.0}), resume=True, log=lambda s: None)
+    assert torch.load(path, map_location="cpu", weights_only=True)["meta"]["step"] > steps_done
+    with pytest.raises(ValueError, match="time_limit_s"):
+        TrainConfig(time_limit_s=-1)
+
+
+def test_cli_durations():
+    import argparse
+
+    from sam_plugins.training.cli import _duration
+
+    assert [_duration(t) for t in ("90", "90s", "20m", "1.5h")] == [90.0, 90.0, 1200.0, 5400.0]
+    for bad in ("abc", "0", "-5m", "m", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="duration"):
+            _duration(bad)
 
 
 def test_config_file_and_unknown_keys(tmp_path: Path):

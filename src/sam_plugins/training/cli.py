@@ -20,6 +20,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="parent folder of the run (overrides out_dir)")
     p.add_argument("--name", help="run name (overrides name)")
     p.add_argument("--steps", type=int, help="total number of steps (overrides steps)")
+    p.add_argument(
+        "--time-limit",
+        type=_duration,
+        help="stop after this long: seconds, or a number with s, m or h (e.g. 20m); the learning rate decays "
+        "to fit, and the run ends with a validation and its checkpoint (overrides time_limit_s)",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (overrides device; default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train)
@@ -46,7 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     f.add_argument("--out", required=True, help="output checkpoint file (.pt)")
     f.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     f.add_argument("--config", help="optional TOML/JSON file with further TrainConfig settings")
-    f.add_argument("--steps", type=int, default=FINETUNE_DEFAULTS["steps"])
+    f.add_argument("--steps", type=int, default=FINETUNE_DEFAULTS["steps"], help="at most this many steps")
+    f.add_argument(
+        "--time-limit",
+        type=_duration,
+        default=0.0,
+        help="stop after this long: seconds, or a number with s, m or h (e.g. 20m); the learning rate "
+        "decays to fit, and the run ends with a validation and its checkpoint (default: no limit)",
+    )
     f.add_argument("--lr", type=float, default=FINETUNE_DEFAULTS["lr"])
     f.add_argument("--images-per-step", type=int, default=FINETUNE_DEFAULTS["images_per_step"])
     f.add_argument("--objects-per-image", type=int, default=FINETUNE_DEFAULTS["objects_per_image"])
@@ -94,13 +107,34 @@ def _run_train(args: argparse.Namespace) -> int:
     from .trainer import TrainConfig, train
 
     config = TrainConfig.from_file(args.config)
-    changes = {"out_dir": args.out, "name": args.name, "steps": args.steps, "device": args.device}
+    changes = {
+        "out_dir": args.out,
+        "name": args.name,
+        "steps": args.steps,
+        "device": args.device,
+        "time_limit_s": args.time_limit,
+    }
     data = {**config.to_dict(), **{k: v for k, v in changes.items() if v is not None}}
     if args.no_progress:
         data["progress"] = False
     path = train(TrainConfig.from_dict(data), resume=args.resume)
     print(path)
     return 0
+
+
+def _duration(text: str) -> float:
+    """Seconds from "90", "90s", "20m" or "1.5h"."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    number, unit = (text[:-1], units[text[-1]]) if text[-1:] in units else (text, 1.0)
+    try:
+        seconds = float(number) * unit
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive duration such as 600, 90s, 20m or 1.5h, got {text!r}"
+        )
+    return seconds
 
 
 def _crop_size(text: str) -> int | str:
@@ -122,6 +156,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         args.out,
         args.model,
         steps=args.steps,
+        time_limit_s=args.time_limit,
         overwrite=args.overwrite,
         work_dir=args.work_dir,
         config=base,

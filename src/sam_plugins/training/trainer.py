@@ -9,7 +9,6 @@ and feed the previous logits back). The loss is computed at the decoder's output
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -35,6 +34,7 @@ from .distill import OrientationTeacher, distill_loss
 from .hardware import cpu_lacks_bf16, resolve_device, resolve_precision, training_autocast
 from .init import init_weights
 from .losses import sam_loss
+from .optim import lr_factor, make_optimizer, moving_average
 from .prompts import jitter_boxes, mask_prompt_from_gt, sample_correction_points, sample_positive_points
 from .sources import draw_examples, make_sources, split_dataset, step_examples
 
@@ -48,6 +48,7 @@ __all__ = [  # the data-source helpers live in sources.py; importable from here 
     "lr_factor",
     "make_optimizer",
     "make_sources",
+    "moving_average",
     "resolve_precision",
     "save_checkpoint",
     "split_dataset",
@@ -93,6 +94,10 @@ class TrainConfig:
     augment: dict = field(default_factory=dict)
     # optimisation
     steps: int = 2000
+    # > 0: a wall-clock budget in seconds (a batch job's limit, a lent GPU, "as good as it gets in 20
+    # minutes"): the learning rate decays by whichever of steps and time is further along, and the run
+    # stops when the time is up (validation and model.pt follow); 0 = run all `steps`
+    time_limit_s: float = 0.0
     epoch_steps: int = 250
     lr: float = 4e-4
     encoder_lr_scale: float = 1.0
@@ -182,6 +187,8 @@ class TrainConfig:
             raise ValueError(
                 f"distill_orientations must be 0 (off), 2, 4 or 8, got {self.distill_orientations!r}"
             )
+        if not self.time_limit_s >= 0:
+            raise ValueError(f"time_limit_s must be >= 0 seconds (0 = no limit), got {self.time_limit_s!r}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0 = off, e.g. 0.99), got {self.ema_decay!r}")
 
@@ -411,49 +418,6 @@ def evaluate(
 # --- the loop -----------------------------------------------------------------------------------
 
 
-def lr_factor(step: int, config: TrainConfig) -> float:
-    """Linear warm-up to 1, then cosine decay to min_lr_ratio at the last step."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
-
-
-def make_optimizer(
-    model: torch.nn.Module, config: TrainConfig, aux_head: torch.nn.Module | None = None
-) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases, norms, embeddings and position tables."""
-    groups: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
-    named = list(model.named_parameters())
-    if aux_head is not None:
-        named += [(f"aux_head.{n}", p) for n, p in aux_head.named_parameters()]
-    for name, p in named:
-        is_encoder = name.startswith("image_encoder.")
-        if is_encoder and config.freeze_encoder:
-            p.requires_grad_(False)
-            continue
-        no_decay = p.ndim < 2 or any(k in name for k in ("pos_embed", "rel_pos", "token", "embed"))
-        part = "encoder" if is_encoder else "high_res" if name.startswith("high_res_encoder.") else "other"
-        groups.setdefault((part, no_decay), []).append(p)
-    scales = {"encoder": config.encoder_lr_scale, "high_res": config.high_res_lr_scale, "other": 1.0}
-    param_groups = [
-        {"params": ps, "weight_decay": 0.0 if nd else config.weight_decay, "lr_scale": scales[part]}
-        for (part, nd), ps in groups.items()
-    ]
-    return torch.optim.AdamW(param_groups, lr=config.lr, betas=(0.9, 0.999))
-
-
-def moving_average(model: torch.nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of `model`'s weights, starting at its current ones; call
-    `.update_parameters(model)` after each optimizer step, use `.module` as the averaged network."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
-    ema.update_parameters(model)  # the first update copies the weights: the average starts there
-    return ema
-
-
 class TrainingCancelled(Exception):
     """`train` stopped at `cancel`'s request; the run's state at `step` is saved (`checkpoint`,
     and resume.pt beside it: `train(config, resume=True)` goes on from there)."""
@@ -497,7 +461,7 @@ def train(
     image_size = model.image_encoder.img_size
     aux_head = DenseAuxHead(model.config.prompt_embed_dim).to(device) if config.aux_weight > 0 else None
     optimizer = make_optimizer(model, config, aux_head)
-    start = 0
+    start, elapsed_before = 0, 0.0
     state: dict[str, Any] = {}
     if resume:
         if not state_path.exists():
@@ -508,6 +472,7 @@ def train(
             aux_head.load_state_dict(state["aux_head"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
         log(f"resuming {run_dir} at step {start} on {device}")
         if log_path.exists():  # drop records of steps after the checkpoint: they are redone
             kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= start]
@@ -530,10 +495,24 @@ def train(
         augment=False,
     )
 
+    t_start = time.perf_counter()
+
+    def elapsed() -> float:
+        """Seconds of this run's training so far, its earlier sessions (before a resume) included."""
+        return elapsed_before + time.perf_counter() - t_start
+
+    def time_fraction() -> float:
+        return elapsed() / config.time_limit_s if config.time_limit_s > 0 else 0.0
+
     def checkpoint(step: int, final: bool = False, val: dict | None = None) -> Path:
         meta = {"step": step, "train_config": config.to_dict(), "val": val or {}, "time": time.time()}
         meta.update(recommended_meta(model))  # the starting checkpoint's: a better start than SAM's
-        resume_state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        resume_state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "step": step,
+            "elapsed_s": elapsed(),
+        }
         if aux_head is not None:
             resume_state["aux_head"] = aux_head.state_dict()
         if ema is not None:
@@ -550,6 +529,11 @@ def train(
     model.train()
     window: list[dict[str, Any]] = []
     t_last, val = time.perf_counter(), {}
+    if time_fraction() >= 1.0:
+        raise ValueError(
+            f"{run_dir} has used its time limit ({elapsed():.0f} s of {config.time_limit_s:g} s); "
+            "give a larger time_limit_s (it counts the run's earlier time too) to go on"
+        )
     with log_path.open("a") as logf:
         batches = step_examples(config, train_src, image_size, start, config.steps)
         for step, examples in zip(range(start, config.steps), batches, strict=True):
@@ -558,7 +542,7 @@ def train(
                     bar.close()
                 raise TrainingCancelled(step, checkpoint(step, val=val))
             rng = np.random.default_rng([config.seed, 6, step])  # prompts and corrections
-            scale = lr_factor(step, config)
+            scale = lr_factor(step, config, time_fraction())
             for g in optimizer.param_groups:
                 g["lr"] = config.lr * scale * g.get("lr_scale", 1.0)
             with autocast:
@@ -574,14 +558,16 @@ def train(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.3f}", iou=f"{stats['iou_last']:.2f}")
             done = step + 1
-            if done % config.log_every == 0 or done == config.steps:
+            out_of_time = time_fraction() >= 1.0
+            last = done == config.steps or out_of_time
+            if done % config.log_every == 0 or last:
                 now = time.perf_counter()
                 rec = {k: float(np.mean([w[k] for w in window])) for k in window[0] if k != "mode"}
                 rec.update(step=done, lr=config.lr * scale, sec_per_step=(now - t_last) / len(window))
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
                 window, t_last = [], now
-            if done % config.epoch_steps == 0 or done == config.steps:
+            if done % config.epoch_steps == 0 or last:
                 val = evaluate(saved, val_examples, np.random.default_rng([config.seed, 4]))
                 model.train()
                 logf.write(json.dumps({"step": done, **{f"val_{k}": v for k, v in val.items()}}) + "\n")
@@ -591,9 +577,14 @@ def train(
             if on_step is not None:
                 latest = {f"val_{k}": v for k, v in val.items()}
                 on_step(done, config.steps, {"loss": loss.item(), "iou": stats["iou_last"], **latest})
+            if out_of_time:
+                log(f"time limit of {config.time_limit_s:g} s reached after step {done} of {config.steps}")
+                break
             if done % config.checkpoint_every == 0 and done < config.steps:
                 checkpoint(done, val=val)
+        else:
+            done = max(start, config.steps)
     if bar is not None:
         bar.close()
     model.eval()
-    return checkpoint(config.steps, final=True, val=val)
+    return checkpoint(done, final=True, val=val)
