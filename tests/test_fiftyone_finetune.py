@@ -95,7 +95,7 @@ def test_finetune_a_collection_then_segment_with_the_result(fo, dataset, tiny, t
     steps: list[int] = []
     out = tmp_path / "nuclei.pt"
     report = finetune(dataset, "masks", out, tiny, steps=2, progress=lambda d, t, n: steps.append(d))
-    assert report["checkpoint"] == str(out) and out.exists() and steps == [1, 2]
+    assert report["checkpoint"] == str(out) and out.exists() and steps == [1, 2] and report["steps"] == 2
     assert report["samples"] == 2 and report["objects"] == sum(
         len(d.masks.detections) for d in dataset.limit(2)
     )
@@ -119,7 +119,7 @@ def test_operator_form_defaults_to_delegation_and_checks_the_output(fo, dataset,
 
     props = op.resolve_type(context({}), "inputs").to_json()["type"]["properties"]
     assert props["label_field"]["type"]["values"] == ["boxes_only", "instances", "masks", "outlines"]
-    for name in ("model", "steps", "freeze_encoder", "out", "overwrite"):
+    for name in ("model", "steps", "time_limit_min", "freeze_encoder", "out", "overwrite"):
         assert name in props
     assert op.resolve_execution_options(context({})).default_choice_to_delegated  # training takes long
     taken = tmp_path / "taken.pt"
@@ -149,3 +149,19 @@ def test_operator_trains_and_reports(fo, dataset, tiny, tmp_path):
         for a, b in zip(model.image_encoder.parameters(), start.image_encoder.parameters(), strict=True)
     )
     assert encoder_same  # the mask decoder only
+
+
+def test_operator_time_limit_ends_the_run_with_a_model(fo, dataset, tiny, tmp_path):
+    """A time limit instead of a step count: the run stops by itself, saves the model and reports
+    how many steps it trained."""
+    import fiftyone.operators as foo
+
+    out = tmp_path / "timed.pt"
+    params = {"label_field": "instances", "model": tiny, "steps": 100_000, "time_limit_min": 0.03}
+    params.update(out=str(out), freeze_encoder=True)
+    result = foo.execute_operator(URI, {"dataset": dataset.name, "params": params})
+    assert result.error is None, result.error
+    assert out.exists() and 1 <= result.result["steps"] < 100_000
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert ckpt["meta"]["step"] == result.result["steps"]
+    assert ckpt["meta"]["train_config"]["time_limit_s"] == pytest.approx(1.8)

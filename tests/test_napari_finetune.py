@@ -79,6 +79,20 @@ def test_cancel_stops_after_a_step_and_saves_no_model(trainer_widget, qtbot, tmp
     assert widget.start_button.enabled
 
 
+def test_a_time_limit_ends_the_run_and_saves_the_model(trainer_widget, qtbot, tmp_path):
+    viewer, widget, _ = trainer_widget
+    widget.steps.value = 100_000
+    widget.minutes.value = 0.03  # 1.8 s
+    widget.start()
+    wait_done(qtbot, widget)
+    out = tmp_path / "mine.pt"
+    assert widget.result == out and out.exists()
+    ckpt = torch.load(out, map_location="cpu", weights_only=True)
+    assert 1 <= ckpt["meta"]["step"] < 100_000
+    assert ckpt["meta"]["train_config"]["time_limit_s"] == pytest.approx(1.8)
+    assert "when the time limit came" in widget.status.value
+
+
 def test_bad_choices_are_refused_before_training(trainer_widget, tmp_path):
     viewer, widget, _ = trainer_widget
     cells = viewer.layers["cells"].data

@@ -67,6 +67,13 @@ class FinetuneSam(foo.Operator):
             inputs, "Start from", "the embedded default, a registered model name, or a checkpoint path"
         )
         inputs.int("steps", default=DEFAULT_STEPS, min=1, label="Steps", description="of 2 crops x 8 objects")
+        inputs.float(
+            "time_limit_min",
+            default=0.0,
+            min=0.0,
+            label="Time limit (minutes)",
+            description="0: run all the steps; else stop after this long, the learning rate decayed to fit",
+        )
         inputs.bool(
             "freeze_encoder",
             default=False,
@@ -105,6 +112,7 @@ class FinetuneSam(foo.Operator):
             steps=int(params.get("steps") or DEFAULT_STEPS),
             overwrite=bool(params.get("overwrite")),
             freeze_encoder=bool(params.get("freeze_encoder")),
+            time_limit_s=60.0 * float(params.get("time_limit_min") or 0.0),
             progress=progress,
         )
         return report

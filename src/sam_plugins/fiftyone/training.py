@@ -90,18 +90,19 @@ def finetune(
     """Fine-tune ``model`` on the objects of ``label_field`` and write the checkpoint ``out``.
 
     ``settings`` are `sam_plugins.finetune`'s (``freeze_encoder``, ``lr``, ``device``,
-    ``work_dir``, ``cancel`` ...). Returns a report: the checkpoint, how many samples and objects
-    were used, and the last validation mean IoUs (one click, box) on held-out objects.
+    ``time_limit_s``, ``work_dir``, ``cancel`` ...). Returns a report: the checkpoint, how many
+    samples and objects were used, the steps trained, and the last validation mean IoUs (one
+    click, box) on held-out objects.
     """
     from sam_plugins.training.data import PairsDataset
     from sam_plugins.training.finetuning import finetune as finetune_pairs
 
     pairs, names = training_pairs(sample_collection, label_field)
     dataset = PairsDataset(pairs, names=names)
-    last: dict[str, float] = {}
+    last: dict[str, float] = {"step": 0}
 
     def on_step(done: int, total: int, numbers: dict[str, float]) -> None:
-        last.update(numbers)
+        last.update(numbers, step=done)
         if progress is not None:
             progress(done, total, numbers)
 
@@ -112,7 +113,7 @@ def finetune(
         "checkpoint": str(path),
         "samples": len(pairs),
         "objects": int(sum(len(np.unique(lab)) - 1 for _, lab in pairs)),
-        "steps": steps,
+        "steps": int(last["step"]),  # fewer than asked when a time limit (time_limit_s) ended the run
         **{k: float(v) for k, v in last.items() if k.startswith("val_")},
     }
 

@@ -2,9 +2,9 @@
 
 The user picks an image layer and a Labels layer of the same size (e.g. nuclei committed with the
 annotator, or corrected StarDist / Cellpose output; only the labelled objects are used, so a
-partly labelled image is fine), the model to start from and the number of steps. Training is one
-call of `sam_plugins.finetune` in a worker thread (progress, time left, cancel); the finished
-checkpoint can be handed to the annotator with one button.
+partly labelled image is fine), the model to start from, the number of steps and, if wanted, a time
+limit. Training is one call of `sam_plugins.finetune` in a worker thread (progress, time left,
+cancel); the finished checkpoint can be handed to the annotator with one button.
 """
 
 from __future__ import annotations
@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QVBoxLayout, QWidget
@@ -71,6 +80,7 @@ class FinetuneWidget(QWidget):
         self.job: JobHandle | None = None
         self.result: Path | None = None
         self._started = 0.0
+        self._limit_s = 0.0
         self._suggested: Path | None = None
         self.image = ComboBox(label="Image", choices=self._layers(Image))
         self.labels = ComboBox(
@@ -87,6 +97,15 @@ class FinetuneWidget(QWidget):
             tooltip="Training steps of 2 crops x 8 objects; the embedded model takes a few seconds "
             "per step on a laptop CPU",
         )
+        self.minutes = FloatSpinBox(
+            label="Time limit (min)",
+            min=0.0,
+            max=24 * 60.0,
+            step=1.0,
+            value=0.0,
+            tooltip="Stop after this many minutes, with the learning rate decayed to fit, and save the "
+            "model (0: no limit, run all the steps). Steps then is the most it may take.",
+        )
         self.decoder_only = CheckBox(text="Train the mask decoder only (faster, smaller gain)", value=False)
         self.out = FileEdit(label="Save as", mode="w", filter="*.pt")
         self.start_button = PushButton(text="Fine-tune")
@@ -100,7 +119,14 @@ class FinetuneWidget(QWidget):
         layout.addWidget(group("Training data", self.image, self.labels))
         layout.addWidget(
             group(
-                "Training", self.model, self.checkpoint, self.steps, self.decoder_only, self.device, self.out
+                "Training",
+                self.model,
+                self.checkpoint,
+                self.steps,
+                self.minutes,
+                self.decoder_only,
+                self.device,
+                self.out,
             )
         )
         layout.addWidget(group("Run", self.start_button, self.cancel_button, self.progress))
@@ -158,7 +184,12 @@ class FinetuneWidget(QWidget):
         from ..training.finetuning import finetune
         from ..training.trainer import TrainingCancelled
 
-        settings = {"freeze_encoder": self.decoder_only.value, "device": self.device.value}
+        self._limit_s = 60.0 * self.minutes.value
+        settings = {
+            "freeze_encoder": self.decoder_only.value,
+            "device": self.device.value,
+            "time_limit_s": self._limit_s,
+        }
         steps = self.steps.value
 
         def job(report: Any, cancel: Any) -> Path | tuple[int, Path]:
@@ -218,7 +249,10 @@ class FinetuneWidget(QWidget):
 
     def _on_progress(self, done: int, total: int, numbers: dict[str, float] | None) -> None:
         self.progress.max, self.progress.value = max(1, total), done
-        left = (time.perf_counter() - self._started) / max(1, done) * (total - done)
+        spent = time.perf_counter() - self._started
+        left = spent / max(1, done) * (total - done)
+        if self._limit_s > 0:
+            left = min(left, max(0.0, self._limit_s - spent))
         text = f"Step {done} of {total}, about {_duration(left)} left."
         if numbers:
             text += f" Loss {numbers['loss']:.3f}."
@@ -235,6 +269,8 @@ class FinetuneWidget(QWidget):
             self.use_button.enabled = True
             self._suggest_out()  # the next run gets a new name
             took = _duration(time.perf_counter() - self._started)
+            if self._limit_s > 0 and self.progress.value < self.progress.max:
+                took += f", {self.progress.value} of {self.progress.max} steps when the time limit came"
             message = f"Saved the fine-tuned model to {result} ({took})."
             self.status.value = message + " Use it in the annotator, or load it by its path."
             show_info(message)
