@@ -7,6 +7,11 @@ from pathlib import Path
 
 from .finetuning import FINETUNE_DEFAULTS
 
+TIME_LIMIT_HELP = (
+    "stop after this long: seconds, or a number with s, m or h (e.g. 20m); the learning rate decays "
+    "to fit, and the run ends with a validation and its checkpoint"
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train`, `train-curve`, `finetune` and `average` commands."""
@@ -23,8 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--time-limit",
         type=_duration,
-        help="stop after this long: seconds, or a number with s, m or h (e.g. 20m); the learning rate decays "
-        "to fit, and the run ends with a validation and its checkpoint (overrides time_limit_s)",
+        help=TIME_LIMIT_HELP + " (overrides time_limit_s)",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:1, mps or auto (overrides device; default auto)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -57,8 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--time-limit",
         type=_duration,
         default=0.0,
-        help="stop after this long: seconds, or a number with s, m or h (e.g. 20m); the learning rate "
-        "decays to fit, and the run ends with a validation and its checkpoint (default: no limit)",
+        help=TIME_LIMIT_HELP + " (default: no limit)",
     )
     f.add_argument("--lr", type=float, default=FINETUNE_DEFAULTS["lr"])
     f.add_argument("--images-per-step", type=int, default=FINETUNE_DEFAULTS["images_per_step"])
