@@ -56,7 +56,14 @@ def test_no_seeds_on_a_flat_image_and_clear_errors_for_bad_settings():
 
 def test_each_seed_keeps_only_its_best_mask(tiny_model):
     image = blobs_image()
-    seeded = SeededMaskGenerator(tiny_model, pred_iou_thresh=0.0, box_nms_thresh=1.0, min_mask_region_area=0)
+    # an untrained model: no quality thresholds (its stability scores are low)
+    seeded = SeededMaskGenerator(
+        tiny_model,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+        min_mask_region_area=0,
+    )
     seeds = seeded.seeds(image)
     records = seeded.generate(image)
     # the same points through SAM's generator keep all three masks of each point
@@ -80,7 +87,9 @@ def test_each_seed_keeps_only_its_best_mask(tiny_model):
 
 
 def test_rethresholding_does_not_rerun_the_model(tiny_model, monkeypatch):
-    generator = SeededMaskGenerator(tiny_model, pred_iou_thresh=0.0, min_mask_region_area=0)
+    generator = SeededMaskGenerator(
+        tiny_model, pred_iou_thresh=0.0, stability_score_thresh=0.0, min_mask_region_area=0
+    )
     state = generator.initialize(blobs_image())
     everything = generator.generate_from_state(state, pred_iou_thresh=0.0)
     monkeypatch.setattr(generator.predictor, "set_image", lambda *a, **k: pytest.fail("model re-run"))
@@ -118,7 +127,7 @@ def test_segment_and_segment_folder_commands_take_seed_prompts(tmp_path, capsys)
     checkpoint = save_checkpoint(tmp_path / "tiny.pt", build_sam(TINY), {})
     (tmp_path / "in").mkdir()
     tifffile.imwrite(tmp_path / "in" / "spots.tif", blobs_image())
-    loose = ["--pred-iou-thresh", "0", "--min-mask-region-area", "0"]
+    loose = ["--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--min-mask-region-area", "0"]
     args = ["segment", str(tmp_path / "in" / "spots.tif"), "--model", str(checkpoint), "--prompts", "seeds"]
     assert main([*args, "--out", str(tmp_path / "one"), *loose]) == 0
     labels = tifffile.imread(tmp_path / "one" / "spots_labels.tif")

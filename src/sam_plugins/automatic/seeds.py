@@ -110,7 +110,8 @@ class SeededMaskGenerator(SamAutomaticMaskGenerator):
     ``second_pass_max_overlap`` of their area. The second pass's seeds depend on the thresholds the
     generator has when :meth:`initialize` runs; re-filtering the state later does not re-seed.
     The defaults (seed sigma 2 px and threshold 0.2, predicted IoU >= 0.4, box NMS 0.2: a seed
-    inside an object already found adds nothing; the second pass) were chosen by F1 on held-out
+    inside an object already found adds nothing; the second pass; stability >= 0.75, which drops
+    masks whose outline moves a lot with the logit threshold) were chosen by F1 on held-out
     generated nuclei images with the embedded model (docs/models.md).
     """
 
@@ -124,7 +125,7 @@ class SeededMaskGenerator(SamAutomaticMaskGenerator):
         second_pass_max_overlap: float = 0.3,
         points_per_batch: int = 64,
         pred_iou_thresh: float = 0.4,
-        stability_score_thresh: float = 0.0,
+        stability_score_thresh: float = 0.75,
         stability_score_offset: float = 1.0,
         box_nms_thresh: float = 0.2,
         min_mask_region_area: int = 10,
