@@ -534,6 +534,7 @@ def train(
             f"{run_dir} has used its time limit ({elapsed():.0f} s of {config.time_limit_s:g} s); "
             "give a larger time_limit_s (it counts the run's earlier time too) to go on"
         )
+    done = start  # the last step trained (a run resumed at its end trains none)
     with log_path.open("a") as logf:
         batches = step_examples(config, train_src, image_size, start, config.steps)
         for step, examples in zip(range(start, config.steps), batches, strict=True):
@@ -582,8 +583,6 @@ def train(
                 break
             if done % config.checkpoint_every == 0 and done < config.steps:
                 checkpoint(done, val=val)
-        else:
-            done = max(start, config.steps)
     if bar is not None:
         bar.close()
     model.eval()
