@@ -254,13 +254,13 @@ def test_config_file_and_unknown_keys(tmp_path: Path):
     # every shipped config parses, names real generator fields and starts from a committed file
     # or from what another shipped config writes (a chain of runs, e.g. stages 23 -> 24)
     configs = {file.name: TrainConfig.from_file(file) for file in CONFIGS.glob("*.toml")}
-    outputs = {f"{c.out_dir}/{c.name}/model.pt" for c in configs.values()}
+    outputs = {c.run_dir / "model.pt" for c in configs.values()}
     for name, config in configs.items():
         if config.data == "synthetic":
             SyntheticConfig(**config.synthetic)
         if config.init_checkpoint:
             start = config.init_checkpoint
-            assert (CONFIGS.parent / start).is_file() or start in outputs, (name, start)
+            assert (CONFIGS.parent / start).is_file() or Path(start) in outputs, (name, start)
 
 
 def test_train_resume_from_config(tmp_path: Path):
