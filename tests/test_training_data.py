@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from sam_plugins.training import losses
 from sam_plugins.training.data import FolderDataset, check_labels, crop_side, make_example, touching_ids
-from sam_plugins.training.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
+from sam_plugins.training.losses import dice_loss, fused_mask_losses, mask_iou, sam_loss, sigmoid_focal_loss
 from sam_plugins.training.prompts import (
     block_reduce_mask,
     box_from_mask,
@@ -46,6 +47,43 @@ def test_dice_and_iou_hand_computed():
     # binarised at 0: prediction {(1,0)}, target {(0,0),(1,0)} -> IoU 1/2
     assert mask_iou(logits, targets).item() == pytest.approx(0.5)
     assert mask_iou(torch.full((1, 2, 2), -5.0), torch.zeros(1, 2, 2)).item() == 1.0
+
+
+@pytest.mark.parametrize(
+    ("alpha", "gamma", "soft"),
+    [(-1.0, 2.0, False), (0.25, 2.0, True), (-1.0, 0.0, True), (0.6, 1.5, False), (-1.0, 0.5, False)],
+)
+def test_fused_mask_losses_equal_the_plain_ones(alpha, gamma, soft, monkeypatch):
+    # the training step's focal / dice / IoU in one pass with a hand-written backward: the same values
+    # and gradients as the per-term functions; a small chunk makes the CPU path loop over objects
+    monkeypatch.setattr(losses, "_CPU_CHUNK_ELEMENTS", 2 * 3 * 24 * 24)
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(5, 3, 24, 24, generator=gen) * 5).requires_grad_()
+    targets = torch.rand(5, 1, 24, 24, generator=gen)
+    targets = targets if soft else (targets > 0.6).float()
+    targets[4] = 0  # an object absent from the crop: IoU 1 only where nothing is predicted
+    w_focal, w_dice = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    full = targets.expand_as(logits)
+    ref = [sigmoid_focal_loss(logits, full, alpha, gamma), dice_loss(logits, full), mask_iou(logits, full)]
+    (ref_grad,) = torch.autograd.grad((ref[0] * w_focal).sum() + (ref[1] * w_dice).sum(), logits)
+    got = fused_mask_losses(logits, targets, alpha=alpha, gamma=gamma)
+    (got_grad,) = torch.autograd.grad((got[0] * w_focal).sum() + (got[1] * w_dice).sum(), logits)
+    for a, b in zip(ref, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    # (autograd's pow gives NaN where p = t exactly and gamma < 1; the fused backward stays finite)
+    finite = ref_grad.isfinite()
+    assert got_grad.isfinite().all() and finite.float().mean() > 0.99
+    torch.testing.assert_close(got_grad[finite], ref_grad[finite], rtol=1e-4, atol=1e-7)
+    assert not got[2].requires_grad
+    # the backward is exact: finite differences in float64
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, generator=gen, requires_grad=True)
+    t = torch.rand(2, 1, 6, 6, dtype=torch.float64, generator=gen)
+    assert torch.autograd.gradcheck(lambda v: fused_mask_losses(v, t, alpha=alpha, gamma=gamma)[:2], (x,))
+
+
+def test_sam_loss_rejects_one_target_per_output():
+    with pytest.raises(ValueError, match="one mask per object"):
+        sam_loss(torch.zeros(2, 3, 8, 8), torch.zeros(2, 3), torch.zeros(2, 3, 8, 8))
 
 
 def test_sam_loss_takes_best_of_multimask():
