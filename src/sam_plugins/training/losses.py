@@ -125,7 +125,8 @@ class _FusedMaskLoss(torch.autograd.Function):
             # d focal / d x = (p - t) q^g + ce g q^(g-1) (1 - 2t) p (1 - p)
             df = (p - ts) * _pow(q, gamma)
             if gamma != 0:
-                qg = q if gamma == 2.0 else q.clamp(min=1e-12 if gamma < 1 else 0.0).pow(gamma - 1)  # 0^(<0)
+                base = q.clamp(min=1e-12) if gamma < 1 else q  # q^(gamma - 1) is infinite at q = 0
+                qg = q if gamma == 2.0 else base.pow(gamma - 1)
                 df = df + ce * gamma * qg * (1 - 2 * ts) * dp
             if alpha >= 0:
                 df = df * _class_weight(ts, alpha)
