@@ -26,6 +26,7 @@ import sam_plugins
 from sam_plugins.regions import keep_prompted_region
 
 THRESHOLDS = np.round(np.arange(-2.0, 2.001, 0.25), 2)
+ZERO = int(np.flatnonzero(THRESHOLDS == 0)[0])  # SAM's mask_threshold
 
 
 def threshold_ious(
@@ -57,7 +58,6 @@ def threshold_ious(
 
 def split_gain(r: np.ndarray, left: np.ndarray, prompt: int) -> list[dict[str, float]]:
     """Choose the threshold on one half's objects, score the other half at it and at 0."""
-    zero = int(np.flatnonzero(THRESHOLDS == 0)[0])
     out = []
     for train in (left, ~left):
         test = ~train
@@ -67,7 +67,7 @@ def split_gain(r: np.ndarray, left: np.ndarray, prompt: int) -> list[dict[str, f
         out.append(
             {
                 "chosen": float(THRESHOLDS[best]),
-                "at_0": float(r[test, zero, prompt].mean()),
+                "at_0": float(r[test, ZERO, prompt].mean()),
                 "at_chosen": float(r[test, best, prompt].mean()),
                 "objects": int(test.sum()),
             }
@@ -102,7 +102,7 @@ def main() -> None:
             entry[label] = {
                 "best": float(THRESHOLDS[best]),
                 "at_best": float(mean[best, prompt]),
-                "at_0": float(mean[THRESHOLDS == 0, prompt][0]),
+                "at_0": float(mean[ZERO, prompt]),
                 "halves": split_gain(r, left, prompt),
             }
             halves = ", ".join(
