@@ -87,8 +87,6 @@ class _FusedMaskLoss(torch.autograd.Function):
         inter, psum = x.new_empty(n, c), x.new_empty(n, c)
         iou = x.new_empty(n, c)
         tsum = t.sum(-1)  # (N, 1)
-        gt = t > 0.5
-        gsum = gt.sum(-1)
         for sl in _chunks(n, c * npix, x.device):
             xs, ts = x[sl], t[sl]
             p, ce, q = _focal_parts(xs, ts)
@@ -96,10 +94,7 @@ class _FusedMaskLoss(torch.autograd.Function):
             focal[sl] = (f if alpha < 0 else f * _class_weight(ts, alpha)).mean(-1)
             inter[sl] = (p * ts).sum(-1)
             psum[sl] = p.sum(-1)
-            pred = xs > 0
-            both = (pred & gt[sl]).sum(-1)
-            union = pred.sum(-1) + gsum[sl] - both
-            iou[sl] = torch.where(union > 0, both / union.clamp(min=1), torch.ones_like(both, dtype=x.dtype))
+            iou[sl] = mask_iou(xs[..., None], ts[..., None])  # pixels as (P, 1) images
         total = psum + tsum
         dice = 1 - (2 * inter + eps) / (total + eps)
         ctx.save_for_backward(x, t, inter, total)
